@@ -1,0 +1,1 @@
+"""The sciffusion command-line interface."""

@@ -1,0 +1,315 @@
+"""Noise processes on continuous time t in [0, 1]: x_t = alpha(t) x_0 + sigma(t) eps.
+
+Every process gives alpha, sigma, their time derivatives, the log signal-to-noise ratio
+lambda = log(alpha^2 / sigma^2) and its inverse t(lambda). t = 0 is data, t = 1 is (close to) the
+prior. Discrete-step models are a discretisation of the same functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def check_t(t: Tensor, what: str = "t") -> Tensor:
+    """Raise a clear error when times leave [0, 1] or are not finite (one host sync)."""
+    if not torch.is_tensor(t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+    if not t.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got {t.dtype}")
+    if t.numel() and (not bool(torch.isfinite(t).all()) or float(t.min()) < 0.0 or float(t.max()) > 1.0):
+        raise ValueError(f"{what} must lie in [0, 1]; got values from {float(t.min()):.4g} to {float(t.max()):.4g}")
+    return t
+
+
+class Process:
+    """Base class. Subclasses implement alpha, sigma, d_alpha, d_sigma, log_snr, t_of_log_snr."""
+
+    name = "process"
+
+    def alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def d_alpha(self, t: Tensor) -> Tensor:
+        """d alpha / dt."""
+        raise NotImplementedError
+
+    def d_sigma(self, t: Tensor) -> Tensor:
+        """d sigma / dt."""
+        raise NotImplementedError
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda(t) = log(alpha^2 / sigma^2)."""
+        return 2.0 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+    def t_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Inverse of log_snr (lambda decreases with t)."""
+        raise NotImplementedError
+
+    def sigma_tilde(self, t: Tensor) -> Tensor:
+        """VE-equivalent noise level sigma/alpha = exp(-lambda/2) (EDM's sigma)."""
+        return self.sigma(t) / self.alpha(t)
+
+    def t_of_sigma_tilde(self, s: Tensor) -> Tensor:
+        return self.t_of_log_snr(-2.0 * torch.log(s))
+
+    def config(self) -> dict:
+        """JSON-serialisable description (name and parameters), for checkpoints and manifests."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({params})"
+
+
+class VPCosine(Process):
+    """Variance-preserving cosine schedule: alpha = cos(phi), sigma = sin(phi), phi linear in t.
+
+    phi(t) = b + (a - b) t with b = atan(exp(-lambda_max/2)), a = atan(exp(-lambda_min/2)), so the
+    log-SNR runs from lambda_max (default +inf: alpha(0) = 1, sigma(0) = 0) to lambda_min at t = 1
+    (Nichol & Dhariwal 2021, truncated as in Kingma et al. 2021).
+    """
+
+    name = "vp_cosine"
+
+    def __init__(self, log_snr_min: float = -15.0, log_snr_max: float = math.inf):
+        if not log_snr_min < log_snr_max:
+            raise ValueError("log_snr_min must be below log_snr_max")
+        self.log_snr_min, self.log_snr_max = float(log_snr_min), float(log_snr_max)
+        self.b = math.atan(math.exp(-self.log_snr_max / 2))
+        self.a = math.atan(math.exp(-self.log_snr_min / 2))
+
+    def phi(self, t):
+        return self.b + (self.a - self.b) * t
+
+    def alpha(self, t):
+        return torch.cos(self.phi(t))
+
+    def sigma(self, t):
+        return torch.sin(self.phi(t))
+
+    def d_alpha(self, t):
+        return -torch.sin(self.phi(t)) * (self.a - self.b)
+
+    def d_sigma(self, t):
+        return torch.cos(self.phi(t)) * (self.a - self.b)
+
+    def log_snr(self, t):
+        return -2.0 * torch.log(torch.tan(self.phi(t)))
+
+    def t_of_log_snr(self, lam):
+        return (torch.atan(torch.exp(-lam / 2)) - self.b) / (self.a - self.b)
+
+    def config(self):
+        return {"name": self.name, "log_snr_min": self.log_snr_min, "log_snr_max": self.log_snr_max}
+
+
+class VPLinear(Process):
+    """Variance-preserving process with linear beta(t) = beta_min + t (beta_max - beta_min) (Song et al. 2021).
+
+    log alpha(t) = -t^2 (beta_max - beta_min)/4 - t beta_min/2, sigma = sqrt(1 - alpha^2).
+    """
+
+    name = "vp_linear"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def log_alpha(self, t):
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def alpha(self, t):
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def d_alpha(self, t):
+        return self.alpha(t) * (-0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min)
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def log_snr(self, t):
+        la2 = 2.0 * self.log_alpha(t)
+        return la2 - torch.log(-torch.expm1(la2))
+
+    def t_of_log_snr(self, lam):
+        d = self.beta_max - self.beta_min
+        log_a2 = torch.nn.functional.logsigmoid(lam)  # log alpha^2
+        return (-self.beta_min + torch.sqrt(self.beta_min**2 - 2.0 * d * log_a2)) / d
+
+    def config(self):
+        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+def polynomial_alphas2(timesteps: int, power: float = 2.0, precision: float = 1e-5, clip: float = 1e-3) -> np.ndarray:
+    """EDM's "polynomial_2" alpha^2 table on t = 0, 1/T, ..., 1 (Hoogeboom et al. 2022, App. B).
+
+    alpha^2 = (1 - (x / (T+1))^power)^2 on T+1 evenly spaced x in [0, T+1]; one-step ratios
+    clipped to >= clip and re-accumulated; then alpha^2 <- (1 - 2s) alpha^2 + s.
+    """
+    steps = timesteps + 1
+    x = np.linspace(0, steps, steps, dtype=np.float64)
+    alphas2 = (1 - np.power(x / steps, power)) ** 2
+    alphas2 = np.concatenate([np.ones(1), alphas2])
+    ratios = np.clip(alphas2[1:] / alphas2[:-1], a_min=clip, a_max=1.0)
+    alphas2 = np.cumprod(ratios)
+    return (1 - 2 * precision) * alphas2 + precision
+
+
+class TabulatedVP(Process):
+    """A variance-preserving process given by its log-SNR on the grid t = k/T, k = 0..T, made
+    continuous by linear interpolation of the log-SNR (exact at the grid points). Discrete-step
+    models (EDM's polynomial schedule, DDPM's beta schedules) are processes of this kind."""
+
+    name = "tabulated_vp"
+
+    def __init__(self, log_snr_table):
+        lam = torch.as_tensor(log_snr_table, dtype=torch.float64).reshape(-1)
+        if lam.numel() < 2 or not bool((lam[1:] < lam[:-1]).all()):
+            raise ValueError("a log-SNR table needs at least 2 strictly decreasing values")
+        self.timesteps = lam.numel() - 1
+        self._lam = lam
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod) -> "TabulatedVP":
+        """DDPM-style discrete schedule: t = 0 is clean data, t = k/T has alpha^2 = alphas_cumprod[k-1]."""
+        a2 = torch.as_tensor(alphas_cumprod, dtype=torch.float64).reshape(-1)
+        lam = torch.log(a2) - torch.log1p(-a2)
+        top = max(float(lam[0]) + 10.0, 30.0)  # t = 0: (nearly) clean
+        return cls(torch.cat([torch.tensor([top], dtype=torch.float64), lam]))
+
+    def _table(self, t: Tensor) -> Tensor:
+        return self._lam.to(device=t.device)
+
+    def log_snr(self, t):
+        lam = self._table(t)
+        u = t.to(torch.float64) * self.timesteps
+        k = u.floor().clamp(0, self.timesteps - 1)
+        frac = u - k
+        k = k.long()
+        out = lam[k] + frac * (lam[k + 1] - lam[k])
+        return out.to(t.dtype)
+
+    def d_log_snr(self, t):
+        lam = self._table(t)
+        k = (t.to(torch.float64) * self.timesteps).floor().clamp(0, self.timesteps - 1).long()
+        return ((lam[k + 1] - lam[k]) * self.timesteps).to(t.dtype)
+
+    def alpha(self, t):
+        return torch.sqrt(torch.sigmoid(self.log_snr(t)))
+
+    def sigma(self, t):
+        return torch.sqrt(torch.sigmoid(-self.log_snr(t)))
+
+    def d_alpha(self, t):
+        lam = self.log_snr(t)
+        return 0.5 * torch.sqrt(torch.sigmoid(lam)) * torch.sigmoid(-lam) * self.d_log_snr(t)
+
+    def d_sigma(self, t):
+        lam = self.log_snr(t)
+        return -0.5 * torch.sqrt(torch.sigmoid(-lam)) * torch.sigmoid(lam) * self.d_log_snr(t)
+
+    def t_of_log_snr(self, lam):
+        table = self._table(lam)
+        desc = -table  # increasing
+        x = -lam.to(torch.float64)
+        k = torch.searchsorted(desc, x.contiguous()).clamp(1, self.timesteps) - 1
+        frac = (x - desc[k]) / (desc[k + 1] - desc[k])
+        return ((k + frac.clamp(0, 1)) / self.timesteps).to(lam.dtype)
+
+    def config(self):
+        return {"name": self.name, "log_snr_table": [float(v) for v in self._lam]}
+
+class PolynomialVP(TabulatedVP):
+    """EDM's discrete variance-preserving polynomial schedule (``polynomial_alphas2``) as a
+    tabulated process."""
+
+    name = "polynomial"
+
+    def __init__(self, timesteps: int = 1000, power: float = 2.0, precision: float = 1e-5):
+        a2 = polynomial_alphas2(int(timesteps), float(power), float(precision))
+        super().__init__(np.log(a2) - np.log1p(-a2))
+        self.power, self.precision = float(power), float(precision)
+
+    def config(self):
+        return {"name": self.name, "timesteps": self.timesteps, "power": self.power, "precision": self.precision}
+
+
+class KarrasVE(Process):
+    """EDM (Karras et al. 2022) variance-exploding process with sigma(t) = sigma_max t, alpha = 1.
+
+    t is the noise level in units of sigma_max; Karras' rho-spaced sigmas are a time grid
+    (see ``grids.karras``) that works for every process.
+    """
+
+    name = "karras_ve"
+
+    def __init__(self, sigma_max: float = 80.0):
+        self.sigma_max = float(sigma_max)
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.sigma_max * t
+
+    def d_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma(self, t):
+        return torch.full_like(t, self.sigma_max)
+
+    def log_snr(self, t):
+        return -2.0 * torch.log(self.sigma_max * t)
+
+    def t_of_log_snr(self, lam):
+        return torch.exp(-lam / 2) / self.sigma_max
+
+    def config(self):
+        return {"name": self.name, "sigma_max": self.sigma_max}
+
+
+class RectifiedFlow(Process):
+    """Rectified flow / linear interpolation path: alpha = 1 - t, sigma = t (Liu et al. 2022)."""
+
+    name = "rectified_flow"
+
+    def alpha(self, t):
+        return 1.0 - t
+
+    def sigma(self, t):
+        return t
+
+    def d_alpha(self, t):
+        return -torch.ones_like(t)
+
+    def d_sigma(self, t):
+        return torch.ones_like(t)
+
+    def log_snr(self, t):
+        return 2.0 * (torch.log1p(-t) - torch.log(t))
+
+    def t_of_log_snr(self, lam):
+        return torch.sigmoid(-lam / 2)
+
+
+PROCESSES = {c.name: c for c in (VPCosine, VPLinear, TabulatedVP, PolynomialVP, KarrasVE, RectifiedFlow)}
+
+
+def process_from_config(cfg: dict | str) -> Process:
+    """Build a process from ``{"name": ..., **params}`` (or just its name)."""
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name not in PROCESSES:
+        raise ValueError(f"unknown process '{name}'; known: {sorted(PROCESSES)}")
+    return PROCESSES[name](**cfg)

@@ -1,0 +1,1 @@
+"""Built-in domain backends; each registers through the `sciffusion.domains` entry-point group."""
