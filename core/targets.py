@@ -173,3 +173,18 @@ class ExactZeroMeanDenoiser(torch.nn.Module):
     def forward(self, x: State, t: Tensor, cond: Any = None) -> State:
         t64 = t.to(torch.float64)
         return self.target.denoise(x, self.process.alpha(t64), self.process.sigma(t64))
+
+
+def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 128, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance between two equal-size sample sets (n, ...) (flattened),
+    averaged over random unit directions (Bonneel et al. 2015)."""
+    a = a.reshape(a.shape[0], -1).to(torch.float64)
+    b = b.reshape(b.shape[0], -1).to(torch.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"sliced Wasserstein needs equal-size sample sets, got {tuple(a.shape)} and {tuple(b.shape)}")
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(a.shape[1], projections, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    pa, _ = torch.sort(a.cpu() @ dirs, dim=0)
+    pb, _ = torch.sort(b.cpu() @ dirs, dim=0)
+    return float((pa - pb).pow(2).mean().sqrt())

@@ -1,0 +1,676 @@
+"""Sampler benchmark: accuracy on an exact target and throughput, ours against diffusers.
+
+Accuracy. The data is the 8-Gaussian ring (radius 4, std 0.2), whose ideal denoiser E[x0 | x_t]
+is known in closed form (``ExactDenoiser``), so a sampler's error is pure integration error: the
+RMSE (root mean over samples of the squared Euclidean distance) between its output and a
+reference solution of the same probability-flow ODE from the same initial noise (our Heun with
+many steps, float64). Every row is given a budget of network evaluations (NFE) and the number of
+steps is chosen so that the NFE *counted on the denoiser* does not exceed it.
+
+  A. Our samplers on EDM's variance-exploding process (sigma 80 -> 0.002), the setting of the
+     regression anchors in shared/reference/core.md.
+  B. Like for like with diffusers: one DDPM beta schedule; our samplers run on
+     ``TabulatedVP.from_alphas_cumprod(scheduler.alphas_cumprod)``; everybody starts at diffusers'
+     timestep 999 (our t = 1) from the same initial state, and each library uses its default grid
+     (plus diffusers' ``use_karras_sigmas=True`` variants, and our DPM-Solver++ 2M on diffusers'
+     own sigmas to separate the solver from the grid).
+
+Throughput. Samples per second at batch 4096 in float32 for our samplers at 20 NFE and for
+diffusers' DPMSolverMultistepScheduler at 20 steps, and the per-step overhead: time per step
+minus the time of the denoiser call(s) alone.
+
+Run ``python bench/samplers.py`` (about a minute on 2 CPU cores), ``--quick`` for a smaller run,
+``--no-append`` to leave bench/RESULTS.md alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _import_package() -> None:
+    """Make ``sciffusion`` importable when the project is not installed (it maps onto the repo root)."""
+    try:
+        import sciffusion  # noqa: F401
+    except ImportError:
+        spec = importlib.util.spec_from_file_location(
+            "sciffusion", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sciffusion"] = module
+        spec.loader.exec_module(module)
+
+
+_import_package()
+
+from sciffusion.core import grids  # noqa: E402
+from sciffusion.core import samplers as S  # noqa: E402
+from sciffusion.core.noise import ExampleNoise  # noqa: E402
+from sciffusion.core.process import KarrasVE, Process, TabulatedVP  # noqa: E402
+from sciffusion.core.targets import ExactDenoiser, GaussianMixture  # noqa: E402
+
+try:
+    import diffusers
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+    )
+except ImportError:  # the benchmark still runs our rows
+    diffusers = None
+
+BUDGETS = (5, 10, 20, 50)
+BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"}
+SIGMA_MIN = 0.002  # our Karras grids' default lower noise level (VE-equivalent sigma)
+SANITY_TOL = 0.02  # max RMSE of every diffusers ODE sampler at many steps (first order: ~0.004 at 500)
+SANITY_RATIO = 0.5  # ... and at most this fraction of its own RMSE at the largest budget
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+OURS: dict[str, Callable] = {
+    "euler": S.sample_euler,
+    "heun": S.sample_heun,
+    "dpmpp_2m": S.sample_dpmpp_2m,
+    "ddim": partial(S.sample_ddim, eta=0.0),
+    "ddpm": S.sample_ddpm,
+    "euler_maruyama": S.sample_euler_maruyama,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one run."""
+
+    batch: int  # samples in the accuracy sections
+    ref_steps: int  # Heun steps of the reference solutions
+    sanity_steps: int  # steps of the "many steps" column (diffusers must converge there)
+    tp_batch: int  # batch of the throughput section
+    tp_reps: int  # timed repetitions per throughput row (median reported)
+
+
+FULL = Config(batch=2000, ref_steps=1000, sanity_steps=500, tp_batch=4096, tp_reps=7)
+QUICK = Config(batch=512, ref_steps=400, sanity_steps=200, tp_batch=4096, tp_reps=3)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def scalar(fn: Callable[[Tensor], Tensor], t: float) -> float:
+    """A process function evaluated at one float64 time, as a Python float."""
+    return float(fn(torch.tensor([t], dtype=torch.float64)))
+
+
+def rmse(x: Tensor, ref: Tensor) -> float:
+    """Root mean over samples of the squared Euclidean distance."""
+    d = (x.to(torch.float64) - ref.to(torch.float64)).reshape(x.shape[0], -1)
+    return float(d.pow(2).sum(1).mean().sqrt())
+
+
+def fmt(v: float | None) -> str:
+    """Compact number for the tables."""
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.3g}" if v >= 1e-3 else f"{v:.2e}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def first_guess(name: str, budget: int) -> int:
+    """Steps that fit a budget when the last step is free of a second evaluation."""
+    return (budget + 1) // 2 if name == "heun" else budget
+
+
+# ----------------------------------------------------------------------------- the problem
+
+
+@dataclass
+class Problem:
+    """One exact-target ODE problem: process, exact denoiser and the standard initial noise z."""
+
+    process: Process
+    target: GaussianMixture
+    denoiser: ExactDenoiser
+    z: Tensor  # (B, 2) standard normal, the same for every sampler
+
+    def start(self, t0: float = 1.0) -> Tensor:
+        """Initial state at time t0: sigma(t0) z (what ``samplers.prior`` gives)."""
+        return self.z * scalar(self.process.sigma, t0)
+
+    def state(self, x: Tensor):
+        return self.target.state(x)
+
+    def run(self, sampler: Callable, x: Tensor, grid: Tensor, **kw) -> tuple[Tensor, int]:
+        """Run one of our samplers; returns the samples and the NFE counted on the denoiser."""
+        self.denoiser.calls = 0
+        out = sampler(self.denoiser, self.state(x), grid, **kw)
+        return out[self.target.field], self.denoiser.calls
+
+
+def make_problem(process: Process, batch: int, device: torch.device, dtype=torch.float64) -> Problem:
+    """The ring target under ``process`` with per-example seeded noise."""
+    target = GaussianMixture.ring()
+    like = target.state(torch.zeros(batch, 2, dtype=dtype, device=device))
+    z = ExampleNoise(torch.arange(batch)).normal(like)[target.field]
+    return Problem(process, target, ExactDenoiser(target, process), z)
+
+
+def sigma_tilde(process: Process, t: float) -> float:
+    return scalar(process.sigma_tilde, t)
+
+
+def karras_grid(process: Process, steps: int, t0: float = 1.0) -> Tensor:
+    """Our default Karras rho=7 grid from time t0 (its VE sigma) down to SIGMA_MIN, then t = 0."""
+    g = grids.karras(process, steps, sigma_min=SIGMA_MIN, sigma_max=sigma_tilde(process, t0))
+    g[0] = t0
+    return g
+
+
+def log_snr_grid(process: Process, steps: int) -> Tensor:
+    """Log-SNR-uniform grid over the same noise range as ``karras_grid``."""
+    t_min = float(process.t_of_sigma_tilde(torch.tensor(SIGMA_MIN, dtype=torch.float64)))
+    return grids.log_snr_uniform(process, steps, t_max=1.0, t_min=t_min)
+
+
+def reference(problem: Problem, steps: int, t0: float = 1.0) -> Tensor:
+    """Fine Heun solution of the PF-ODE from sigma(t0) z."""
+    x, _ = problem.run(S.sample_heun, problem.start(t0), karras_grid(problem.process, steps, t0))
+    return x
+
+
+def fit_budget(run: Callable[[int], tuple[Tensor, int]], budget: int, guess: int) -> tuple[Tensor, int]:
+    """Run with the most steps whose counted NFE fits the budget (starting from ``guess``)."""
+    steps = guess
+    while steps >= 1:
+        x, nfe = run(steps)
+        if nfe <= budget:
+            return x, nfe
+        steps -= 1
+    raise RuntimeError(f"no step count fits a budget of {budget} NFE")
+
+
+def cell(err: float, nfe: int, budget: int) -> str:
+    """RMSE, with the counted NFE in brackets when it is not the budget."""
+    return fmt(err) if nfe == budget else f"{fmt(err)} ({nfe})"
+
+
+# ----------------------------------------------------------------------------- section A
+
+
+def section_ours_ve(cfg: Config, device: torch.device, log) -> str:
+    """Our samplers on KarrasVE(80): RMSE per NFE budget (the core.md anchor setting)."""
+    p = KarrasVE(80.0)
+    prob = make_problem(p, cfg.batch, device)
+    ref = reference(prob, cfg.ref_steps)
+    ref_half = reference(prob, cfg.ref_steps // 2)
+    log(f"A: reference ready (Heun {cfg.ref_steps} steps)")
+
+    def ve_grid(steps: int) -> Tensor:
+        return grids.karras(p, steps, sigma_min=SIGMA_MIN, sigma_max=80.0)
+
+    def ve_log_snr(steps: int) -> Tensor:
+        return grids.log_snr_uniform(p, steps, t_max=1.0, t_min=SIGMA_MIN / 80.0)
+
+    rows_spec = [
+        ("euler", "karras rho=7"),
+        ("heun", "karras rho=7"),
+        ("dpmpp_2m", "karras rho=7"),
+        ("dpmpp_2m", "log-SNR uniform"),
+        ("ddim", "karras rho=7"),
+    ]
+    rows = []
+    for name, grid_name in rows_spec:
+        make = ve_grid if grid_name.startswith("karras") else ve_log_snr
+        cells = []
+        for b in BUDGETS:
+            x, nfe = fit_budget(lambda n: prob.run(OURS[name], prob.start(), make(n)), b, first_guess(name, b))
+            cells.append(cell(rmse(x, ref), nfe, b))
+        rows.append([f"ours {name}", grid_name] + cells)
+    note = (
+        f"KarrasVE(sigma_max=80), sigma 80 -> {SIGMA_MIN}, batch {cfg.batch}, float64; reference: our Heun, "
+        f"{cfg.ref_steps} Karras steps (its distance to the {cfg.ref_steps // 2}-step solution: "
+        f"{fmt(rmse(ref_half, ref))})."
+    )
+    return "### A. Exact ring target, EDM VE process: RMSE vs reference\n\n" + note + "\n\n" + table(
+        ["sampler", "grid"] + [f"NFE {b}" for b in BUDGETS], rows
+    )
+
+
+# ----------------------------------------------------------------------------- diffusers driving
+
+
+@dataclass(frozen=True)
+class DiffusersSpec:
+    """One diffusers configuration: scheduler class, extra config and how its sample is scaled."""
+
+    label: str
+    cls_name: str
+    kwargs: dict
+    kind: str  # "ddim", "euler", "heun" or "dpm"
+
+    def make(self):
+        cls = {
+            "DDIMScheduler": DDIMScheduler,
+            "EulerDiscreteScheduler": EulerDiscreteScheduler,
+            "HeunDiscreteScheduler": HeunDiscreteScheduler,
+            "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+        }[self.cls_name]
+        return cls(**BETAS, **self.kwargs)
+
+    @property
+    def ve_scaled(self) -> bool:
+        """Euler/Heun discrete schedulers keep x~ = x / alpha and scale the model input back."""
+        return self.kind in ("euler", "heun")
+
+    def steps_for(self, budget: int) -> int:
+        return (budget + 1) // 2 if self.kind == "heun" else budget
+
+    def nfe(self, steps: int) -> int:
+        return 2 * steps - 1 if self.kind == "heun" else steps
+
+
+DPM_KW = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+DIFFUSERS_SPECS = [
+    DiffusersSpec("DDIMScheduler, trailing spacing", "DDIMScheduler", {"clip_sample": False, "timestep_spacing": "trailing"}, "ddim"),
+    DiffusersSpec("DDIMScheduler, default leading spacing *", "DDIMScheduler", {"clip_sample": False}, "ddim"),
+    DiffusersSpec("EulerDiscreteScheduler, default", "EulerDiscreteScheduler", {}, "euler"),
+    DiffusersSpec("EulerDiscreteScheduler, karras sigmas", "EulerDiscreteScheduler", {"use_karras_sigmas": True}, "euler"),
+    DiffusersSpec("HeunDiscreteScheduler, default", "HeunDiscreteScheduler", {}, "heun"),
+    DiffusersSpec("HeunDiscreteScheduler, karras sigmas", "HeunDiscreteScheduler", {"use_karras_sigmas": True}, "heun"),
+    DiffusersSpec("DPMSolverMultistep (++, order 2), default", "DPMSolverMultistepScheduler", dict(DPM_KW), "dpm"),
+    DiffusersSpec("DPMSolverMultistep (++, order 2), karras sigmas", "DPMSolverMultistepScheduler",
+                  {**DPM_KW, "use_karras_sigmas": True}, "dpm"),
+]
+
+
+class EpsModel:
+    """The diffusers-facing network: epsilon predicted from our exact x0-hat.
+
+    Called with the model input (variance-preserving x, i.e. after ``scale_model_input``) and the
+    VE-equivalent noise level sigma~ = sigma/alpha that the scheduler's update uses for this call.
+    The denoiser runs at the process time with that log-SNR, so it is the same counted network as
+    in our rows; eps = (x - alpha x0) / sigma with alpha = 1/sqrt(1 + sigma~^2), sigma = sigma~ alpha,
+    exactly the relation the schedulers use to turn eps back into x0.
+    """
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def __call__(self, x: Tensor, sig: float) -> Tensor:
+        p = self.problem.process
+        t = float(p.t_of_sigma_tilde(torch.tensor(sig, dtype=torch.float64)).clamp(0.0, 1.0))
+        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        d = self.problem.denoiser(self.problem.state(x), tt)[self.problem.target.field]
+        a = 1.0 / math.sqrt(1.0 + sig * sig)
+        return (x - d * a) / (sig * a)
+
+
+def noise_level(scheduler, spec: DiffusersSpec, i: int, timestep: Tensor) -> float:
+    """sigma~ of the i-th model call, read from the scheduler's own tables."""
+    if spec.kind == "ddim":
+        ac = float(scheduler.alphas_cumprod[int(timestep)])
+        return math.sqrt((1.0 - ac) / ac)
+    if spec.kind in ("euler", "heun"):  # step_index is set by scale_model_input
+        return float(scheduler.sigmas[scheduler.step_index])
+    return float(scheduler.sigmas[i])  # DPMSolverMultistep: one model call per entry of sigmas
+
+
+def first_time(spec: DiffusersSpec, steps: int) -> float:
+    """Our time of the scheduler's first timestep k: t = (k + 1) / T."""
+    sch = spec.make()
+    sch.set_timesteps(steps)
+    return (float(sch.timesteps[0]) + 1.0) / sch.config.num_train_timesteps
+
+
+def run_diffusers(spec: DiffusersSpec, steps: int, problem: Problem, x_vp: Tensor, t0: float,
+                  model: EpsModel | None = None) -> tuple[Tensor, int]:
+    """The standard denoising loop of a diffusers pipeline with the exact eps model.
+
+    ``x_vp`` is the initial state in variance-preserving scaling at our time t0; VE-scaled
+    schedulers get x~ = x / alpha(t0) (= init_noise_sigma * z). Returns the clean samples and
+    the NFE counted on the denoiser.
+    """
+    model = model or EpsModel(problem)
+    sch = spec.make()
+    sch.set_timesteps(steps, device=x_vp.device)
+    x = x_vp / scalar(problem.process.alpha, t0) if spec.ve_scaled else x_vp
+    problem.denoiser.calls = 0
+    for i, ts in enumerate(sch.timesteps):
+        model_in = sch.scale_model_input(x, ts)
+        eps = model(model_in, noise_level(sch, spec, i, ts))
+        x = sch.step(eps, ts, x).prev_sample
+    return x, problem.denoiser.calls
+
+
+def diffusers_grid(problem: Problem, spec: DiffusersSpec, steps: int) -> Tensor:
+    """Our time grid through exactly the noise levels a diffusers DPMSolverMultistep run visits."""
+    sch = spec.make()
+    sch.set_timesteps(steps)
+    sig = sch.sigmas.to(torch.float64)[:-1]
+    t = problem.process.t_of_sigma_tilde(sig).clamp(0.0, 1.0)
+    t[0] = (float(sch.timesteps[0]) + 1.0) / sch.config.num_train_timesteps
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+
+
+# ----------------------------------------------------------------------------- section B
+
+
+def ddpm_alphas_cumprod() -> Tensor:
+    """alphas_cumprod of the benchmark's beta schedule: diffusers' own table when it is installed,
+    else the same float32 computation (linear betas, cumulative product of 1 - beta)."""
+    if diffusers is not None:
+        return DDIMScheduler(**BETAS).alphas_cumprod
+    betas = torch.linspace(BETAS["beta_start"], BETAS["beta_end"], BETAS["num_train_timesteps"], dtype=torch.float32)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+
+class References:
+    """Reference solutions of one problem, cached by start time."""
+
+    def __init__(self, problem: Problem, steps: int):
+        self.problem, self.steps, self.cache = problem, steps, {}
+
+    def __call__(self, t0: float) -> Tensor:
+        """The main reference from t0 = 1; other starts (DDIM's leading spacing) get half the steps."""
+        key = round(t0, 9)
+        if key not in self.cache:
+            steps = self.steps if key == 1.0 else self.steps // 2
+            self.cache[key] = reference(self.problem, steps, t0)
+        return self.cache[key]
+
+
+def section_vs_diffusers(cfg: Config, device: torch.device, log) -> tuple[str, list[str]]:
+    """Ours and diffusers on one DDPM schedule; returns the markdown and the sanity failures."""
+    p = TabulatedVP.from_alphas_cumprod(ddpm_alphas_cumprod())
+    prob = make_problem(p, cfg.batch, device)
+    refs = References(prob, cfg.ref_steps)
+    ref = refs(1.0)
+    ref_half = reference(prob, cfg.ref_steps // 2)
+    log(f"B: reference ready (Heun {cfg.ref_steps} steps)")
+    columns = list(BUDGETS) + [cfg.sanity_steps]
+    header = ["library", "sampler", "grid"] + [f"NFE {b}" for b in BUDGETS] + [f"{cfg.sanity_steps} steps (NFE)"]
+    rows, failures = [], []
+
+    ours_rows = [
+        ("euler", "karras rho=7 (ours default)", karras_grid),
+        ("heun", "karras rho=7 (ours default)", karras_grid),
+        ("dpmpp_2m", "karras rho=7 (ours default)", karras_grid),
+        ("dpmpp_2m", "log-SNR uniform", log_snr_grid),
+        ("ddim", "karras rho=7 (ours default)", karras_grid),
+    ]
+    if diffusers is not None:
+        for spec in DIFFUSERS_SPECS[-2:]:
+            grid_name = "diffusers' DPM " + ("karras sigmas" if "karras" in spec.label else "default sigmas")
+            ours_rows.append(("dpmpp_2m", grid_name, partial(lambda pp, n, s: diffusers_grid(prob, s, n), s=spec)))
+    for name, grid_name, make in ours_rows:
+        cells = []
+        for b in columns:
+            guess = first_guess(name, b) if b in BUDGETS else b
+            run = lambda n: prob.run(OURS[name], prob.start(), make(p, n), final_denoise=False)  # noqa: E731
+            x, nfe = fit_budget(run, b, guess) if b in BUDGETS else run(guess)
+            cells.append(cell(rmse(x, ref), nfe, b) if b in BUDGETS else f"{fmt(rmse(x, ref))} ({nfe})")
+        rows.append(["ours", name, grid_name] + cells)
+    log("B: our rows done")
+
+    if diffusers is None:
+        rows.append(["diffusers", "not installed: rows skipped", "-"] + ["-"] * len(columns))
+    else:
+        for spec in DIFFUSERS_SPECS:
+            cells = []
+            for b in columns:
+                steps = spec.steps_for(b) if b in BUDGETS else b
+                t0 = first_time(spec, steps)
+                x, nfe = run_diffusers(spec, steps, prob, prob.start(t0), t0)
+                if nfe != spec.nfe(steps):
+                    raise AssertionError(f"{spec.label}: {nfe} denoiser calls for {steps} steps, expected {spec.nfe(steps)}")
+                err = rmse(x, refs(t0))
+                if b in BUDGETS:
+                    cells.append(cell(err, nfe, b))
+                    last_budget_err = err
+                else:
+                    cells.append(f"{fmt(err)} ({nfe})")
+                    if not (err < SANITY_TOL and err < SANITY_RATIO * last_budget_err):
+                        failures.append(f"{spec.label}: RMSE {err:.3g} at {steps} steps (must be below {SANITY_TOL} "
+                                        f"and below {SANITY_RATIO} x its RMSE {last_budget_err:.3g} at NFE {BUDGETS[-1]})")
+            rows.append(["diffusers", spec.label, "scheduler's own"] + cells)
+            log(f"B: {spec.label} done")
+
+    notes = [
+        f"Schedule: DDPM {BETAS['beta_schedule']} betas {BETAS['beta_start']}..{BETAS['beta_end']}, "
+        f"{BETAS['num_train_timesteps']} steps (sigma~ = sigma/alpha from {sigma_tilde(p, 1.0):.4g} at timestep 999 "
+        f"to {sigma_tilde(p, 0.001):.3g} at timestep 0); our process: TabulatedVP.from_alphas_cumprod, "
+        "timestep k <-> t = (k+1)/1000.",
+        f"Batch {cfg.batch}, float64 states (diffusers' Euler/DPM steps compute in float32 internally). "
+        f"Reference: our Heun, {cfg.ref_steps} Karras steps from t = 1 "
+        f"(distance to the {cfg.ref_steps // 2}-step solution: {fmt(rmse(ref_half, ref))}).",
+        "Every row starts from the same state sigma(t=1) z at timestep 999; cells are RMSE, with the NFE counted "
+        "on the denoiser in brackets where it differs from the budget. Our rows use final_denoise=False "
+        f"(t = 0 of this process still has sigma~ = {sigma_tilde(p, 0.0):.2g}; the default would spend one more NFE).",
+        "The diffusers model is the same exact denoiser, evaluated at the noise level the scheduler's update uses "
+        "(sigmas[step_index], or alphas_cumprod[timestep] for DDIM) and returned as epsilon. DDIM runs with "
+        "clip_sample=False (the ring is not in [-1, 1]).",
+        "* DDIMScheduler's default 'leading' spacing starts at timestep 1000 - 1000/steps (e.g. 900 for 10 steps): "
+        "that row starts from sigma(t0) z at its own first timestep and is compared with a reference from there "
+        f"(Heun, {cfg.ref_steps // 2} steps).",
+        f"Sanity check (asserted): at {cfg.sanity_steps} steps every diffusers row is below RMSE {SANITY_TOL} and "
+        f"below {SANITY_RATIO} x its own RMSE at NFE {BUDGETS[-1]}.",
+    ]
+    md = "### B. Exact ring target, DDPM schedule: ours vs diffusers, RMSE vs reference\n\n" + "\n".join(
+        f"- {n}" for n in notes
+    ) + "\n\n" + table(header, rows)
+    return md, failures
+
+
+# ----------------------------------------------------------------------------- throughput
+
+
+def time_it(fn: Callable[[], object], reps: int, device: torch.device) -> float:
+    """Best wall time of ``fn`` over ``reps`` runs after one warm-up run (the least disturbed run)."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+class CallTimer:
+    """Wraps the network (ours: the x0 denoiser, which keeps its ``process``; diffusers: the eps
+    model) and adds up the wall time spent inside its calls, synchronising on CUDA."""
+
+    def __init__(self, fn: Callable, device: torch.device):
+        self.fn, self.device, self.seconds = fn, device, 0.0
+        self.process = getattr(fn, "process", None)
+
+    def __call__(self, *args):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = self.fn(*args)
+        sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def overhead_per_step(run: Callable[[CallTimer], object], net: Callable, steps: int, reps: int,
+                      device: torch.device) -> tuple[float, float]:
+    """Median over ``reps`` runs of (run time - time inside the network calls of that run) / steps,
+    and the median time inside the network per run."""
+    over, inside = [], []
+    for _ in range(reps):
+        timer = CallTimer(net, device)
+        sync(device)
+        t0 = time.perf_counter()
+        run(timer)
+        sync(device)
+        total = time.perf_counter() - t0
+        over.append((total - timer.seconds) / steps)
+        inside.append(timer.seconds)
+    return statistics.median(over), statistics.median(inside)
+
+
+def throughput_row(library: str, name: str, steps: int, run: Callable[[Callable], object], net: Callable,
+                   counter: ExactDenoiser, batch: int, cfg: Config, device: torch.device) -> list[str]:
+    """One throughput row: counted NFE, best run time, samples/s, network time and overhead per step."""
+    counter.calls = 0
+    run(net)
+    nfe = counter.calls
+    t_run = time_it(lambda: run(net), cfg.tp_reps, device)
+    over, inside = overhead_per_step(run, net, steps, cfg.tp_reps, device)
+    return [library, name, str(steps), str(nfe), f"{t_run * 1e3:.1f}", f"{batch / t_run:,.0f}", f"{inside * 1e3:.1f}",
+            f"{over * 1e6:.0f}"]
+
+
+def section_throughput(cfg: Config, device: torch.device, log) -> str:
+    """Samples/s at 20 NFE in float32, and per-step overhead beyond the network calls."""
+    p = TabulatedVP.from_alphas_cumprod(ddpm_alphas_cumprod())
+    B = cfg.tp_batch
+    prob = make_problem(p, B, device, torch.float32)
+    x_start = prob.start()
+    nfe_target = 20
+    rows = []
+    for name in ("euler", "heun", "dpmpp_2m", "ddim", "ddpm", "euler_maruyama"):
+        steps = nfe_target // 2 if name == "heun" else nfe_target  # heun: 2 NFE per step on this process
+        grid = karras_grid(p, steps)
+
+        def run(net, name=name, grid=grid):
+            noise = ExampleNoise(torch.arange(B), counter=1)
+            return OURS[name](net, prob.state(x_start), grid, noise=noise, final_denoise=False)
+
+        rows.append(throughput_row("ours", name, steps, run, prob.denoiser, prob.denoiser, B, cfg, device))
+    log("throughput: our rows done")
+
+    if diffusers is None:
+        rows.append(["diffusers", "not installed: row skipped"] + ["-"] * 6)
+    else:
+        spec = DIFFUSERS_SPECS[-2]
+
+        def run_d(net):
+            return run_diffusers(spec, nfe_target, prob, x_start, 1.0, net)
+
+        rows.append(throughput_row("diffusers", "DPMSolverMultistep (++, order 2), default", nfe_target, run_d,
+                                   EpsModel(prob), prob.denoiser, B, cfg, device))
+        log("throughput: diffusers row done")
+
+    note = (
+        f"Batch {B}, float32 states, DDPM linear schedule (TabulatedVP for ours, our Karras grid; diffusers' own "
+        f"timesteps), the exact denoiser as the network. ms / run and samples / s: best of {cfg.tp_reps} runs after a "
+        f"warm-up. Network ms / run and overhead per step: medians over {cfg.tp_reps} runs in which every network "
+        "call is timed, overhead = (run time - time inside the network calls of that run) / steps. The network of "
+        "the diffusers row is the eps adapter (exact x0 -> eps), so that conversion counts as network time, "
+        "not overhead. The stochastic samplers (ddpm, euler_maruyama) draw their noise from ExampleNoise."
+    )
+    header = ["library", "sampler", "steps", "NFE", "ms / run", "samples / s", "network ms / run", "overhead us / step"]
+    return "### C. Throughput\n\n" + note + "\n\n" + table(header, rows)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def header_lines(device: torch.device, argv: list[str]) -> list[str]:
+    """Date, machine, device, versions and command line of this run."""
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return [
+        f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores (torch threads: {torch.get_num_threads()})",
+        f"- device: {dev}",
+        f"- torch {torch.__version__}, diffusers {diffusers.__version__ if diffusers else 'not installed'}",
+        f"- command: `{shlex.join(['python', 'bench/samplers.py'] + argv)}`",
+    ]
+
+
+def append_results(text: str) -> None:
+    """Append one section to bench/RESULTS.md (created with a one-line header when missing)."""
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n")
+    with RESULTS.open("a") as f:
+        f.write("\n" + text.rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batch and reference (under ~40 s on CPU)")
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: these small batches gain little from more, and timings on "
+                             "a shared machine stay stable); 0 keeps torch's default")
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(args_list)
+    cfg = QUICK if args.quick else FULL
+    device = pick_device()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    if diffusers is None:
+        print("note: diffusers is not installed (pip install diffusers); its rows are skipped.", file=sys.stderr)
+    parts = [section_ours_ve(cfg, device, log)]
+    md_b, failures = section_vs_diffusers(cfg, device, log)
+    parts.append(md_b)
+    parts.append(section_throughput(cfg, device, log))
+    total = time.perf_counter() - start
+    title = "## Samplers" + (" (quick)" if args.quick else "")
+    text = "\n\n".join([title, "\n".join(header_lines(device, args_list) + [f"- total runtime: {total:.0f} s"])] + parts)
+    print(text)
+    if failures:
+        raise AssertionError("diffusers driving failed its sanity check:\n" + "\n".join(failures))
+    if not args.no_append:
+        append_results(text)
+        print(f"\nappended to {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
