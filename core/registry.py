@@ -1,0 +1,56 @@
+"""Domain registry: every domain, built in or third party, is an entry point in the group
+``sciffusion.domains`` whose object is a ``Domain`` subclass (or a factory returning an instance)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+from .domain import Domain
+from .io import InputError
+
+GROUP = "sciffusion.domains"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    value: str  # "module:attr"
+    distribution: str
+    version: str
+
+
+class UnknownDomainError(InputError):
+    pass
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=GROUP))
+
+
+def available() -> list[DomainInfo]:
+    """Installed domains, sorted by name, with the distribution that provides each."""
+    out = []
+    for ep in _entry_points():
+        dist = getattr(ep, "dist", None)
+        out.append(DomainInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?"))
+    return sorted(out, key=lambda d: d.name)
+
+
+def get_domain(name: str) -> Domain:
+    """Instantiate the domain registered under ``name``."""
+    matches = [ep for ep in _entry_points() if ep.name == name]
+    if not matches:
+        names = ", ".join(d.name for d in available()) or "none"
+        raise UnknownDomainError(f"unknown domain '{name}' (installed: {names})")
+    ep = matches[0]
+    try:
+        obj = ep.load()
+    except Exception as e:  # a broken plugin must not look like an unknown one
+        raise InputError(f"domain '{name}' ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
+    domain = obj() if callable(obj) else obj
+    if not isinstance(domain, Domain):
+        raise InputError(f"domain '{name}' ({ep.value}) is not a sciffusion Domain")
+    if not domain.name:
+        domain.name = name
+    return domain
