@@ -2,6 +2,18 @@
 
 One domain-agnostic diffusion engine (``sciffusion.core``) and pluggable domains
 (``sciffusion.domains``), used from Python, from the ``sciffusion`` CLI, or as batch pipelines.
+The public functions (``train``, ``sample``, ``evaluate``, ``info``, ``domains``, ``env``) live in
+``sciffusion.api`` and are importable from here.
 """
 
 __version__ = "0.1.0"
+
+_API = ("domains", "config", "train", "sample", "evaluate", "info", "env")
+
+
+def __getattr__(name):  # lazy: `import sciffusion` stays cheap
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'sciffusion' has no attribute {name!r}")

@@ -1,0 +1,161 @@
+"""The public Python API. Every CLI command is a thin wrapper over the function of the same name:
+
+    sciffusion.domains()                      installed domains
+    sciffusion.train(domain, config, out)     train a model (sciffusion.core.train)
+    sciffusion.sample(model, out, n=...)      resumable batch generation (sciffusion.core.generate)
+    sciffusion.evaluate(domain, paths)        score files written by sciffusion or any other tool
+    sciffusion.info(checkpoint)               what a checkpoint holds
+    sciffusion.env()                          versions and devices, for bug reports
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from .core.checkpoint import load_checkpoint
+from .core.domain import Domain, resolve_config
+from .core.io import InputError
+from .core.registry import available, get_domain
+
+
+def domains() -> list[dict]:
+    """Installed domains: name, description, the distribution and version providing it, entry point."""
+    out = []
+    for d in available():
+        try:
+            desc = get_domain(d.name).description
+        except InputError as e:
+            desc = f"(failed to load: {e})"
+        out.append({"name": d.name, "description": desc, "distribution": d.distribution,
+                    "version": d.version, "entry_point": d.value})
+    return out
+
+
+def config(domain: str | Domain, config_file: str | Path | dict | None = None, overrides: Sequence[str] = ()) -> dict:
+    """The resolved configuration of a run (engine defaults < domain defaults < file < overrides)."""
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    return resolve_config(dom, config_file, overrides)
+
+
+def train(domain: str | Domain, config: dict | str | Path | None = None, out: str | Path = "runs/latest", *,
+          overrides: Sequence[str] = (), device: str | None = None, resume: bool = True,
+          progress: bool | None = None):
+    """Train a model of ``domain``; see ``sciffusion.core.train.train``."""
+    from .core.train import train as _train
+
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    cfg = resolve_config(dom, config, overrides)
+    return _train(dom, cfg, out, device=device, resume=resume, progress=progress)
+
+
+def sample(model: str | Path, out: str | Path, **kwargs):
+    """Generate samples into ``out``; see ``sciffusion.core.generate.sample``."""
+    from .core.generate import sample as _sample
+
+    return _sample(model, out, **kwargs)
+
+
+def collect_files(paths: Sequence[str | Path], suffix: str) -> list[Path]:
+    """Files named directly, plus the files with ``suffix`` inside named folders (sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob(f"*{suffix}") if f.is_file() and not f.name.startswith("."))
+            if not found:
+                raise InputError(f"{p}: no {suffix} files in this folder")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not files:
+        raise InputError("no files to evaluate")
+    return files
+
+
+def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: str | Path | None = None,
+             skip_bad: bool = False) -> dict[str, Any]:
+    """Read every file (or every domain file inside folders) and compute the domain's metrics.
+
+    ``checkpoint`` supplies the training data's facts (data config) where the metrics need them.
+    Bad files raise an error naming the file, or are skipped and counted with ``skip_bad``."""
+    dom = get_domain(domain) if isinstance(domain, str) else domain
+    data_config = {}
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.domain != dom.name:
+            raise InputError(f"{ckpt.path}: checkpoint is for domain '{ckpt.domain}', not '{dom.name}'")
+        data_config = ckpt.data_config
+    objects, skipped = [], []
+    for f in collect_files(paths, dom.file_suffix):
+        try:
+            objects.append(dom.read(f))
+        except InputError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+    if not objects:
+        raise InputError(f"no readable files among {len(skipped)} ({skipped[0] if skipped else ''})")
+    metrics = dict(dom.metrics(objects, data_config))
+    metrics["files"] = len(objects)
+    metrics["skipped"] = len(skipped)
+    return metrics
+
+
+def info(checkpoint: str | Path) -> dict[str, Any]:
+    """What a checkpoint holds: domain, step, hash, config, data config, recorded metrics, files."""
+    ckpt = load_checkpoint(checkpoint)
+    weights = ckpt.weights(prefer_ema=False)
+    return {
+        "path": str(ckpt.path),
+        "domain": ckpt.domain,
+        "step": ckpt.step,
+        "hash": ckpt.hash,
+        "sciffusion_version": ckpt.meta.get("sciffusion_version"),
+        "parameters": int(sum(v.numel() for v in weights.values())),
+        "has_ema": ckpt.has("ema.safetensors"),
+        "has_optimizer": "optimizer" in ckpt.meta,
+        "files": {k: v["bytes"] for k, v in ckpt.meta.get("files", {}).items()},
+        "metrics": ckpt.meta.get("metrics", {}),
+        "config": ckpt.config,
+        "data_config": ckpt.data_config,
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def env() -> dict[str, Any]:
+    """Versions, devices and installed domains, for bug reports."""
+    import torch
+
+    from . import __version__
+
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append({"index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1),
+                            "capability": f"{p.major}.{p.minor}"})
+    return {
+        "sciffusion": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": devices,
+        "packages": {name: _version(name) for name in ("torchaudio", "torch-geometric", "e3nn", "rdkit", "numpy",
+                                                       "safetensors", "soundfile", "typer", "diffusers")},
+        "domains": [d.name for d in available()],
+    }

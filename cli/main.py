@@ -1,0 +1,246 @@
+"""The ``sciffusion`` command line: thin commands over ``sciffusion.api``.
+
+Exit codes: 0 ok; 1 failure, with a one-line message (``--verbose`` for the traceback); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="sciffusion",
+    help="Diffusion models for scientific data: train, sample and evaluate models of any installed domain.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"verbose": False}
+
+OverridesArg = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted config overrides, e.g. train.lr=3e-4 model.hidden=128")
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["verbose"]:
+        raise exc
+    msg = str(exc) or type(exc).__name__
+    typer.echo(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", err=True)
+    raise typer.Exit(1)
+
+
+def _run(fn, *args, **kwargs):
+    """Call the API; user-facing failures become one line on stderr and exit code 1."""
+    try:
+        return fn(*args, **kwargs)
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except (ValueError, OSError, RuntimeError, KeyError, ImportError) as e:
+        _fail(e)
+
+
+def _emit(obj, as_json: bool, render) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    else:
+        render(obj)
+
+
+def _table(rows: list[tuple[str, str]], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False, box=None)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+def _version_callback(value: bool):
+    if value:
+        typer.echo(f"sciffusion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+):
+    _state["verbose"] = verbose
+
+
+@app.command()
+def domains(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List installed domains, their versions and where they come from."""
+    from .. import api
+
+    found = _run(api.domains)
+
+    def render(rows):
+        from rich.console import Console
+        from rich.table import Table
+
+        if not rows:
+            typer.echo("no domains installed")
+            return
+        t = Table("domain", "description", "from", "version", "entry point")
+        for r in rows:
+            t.add_row(r["name"], r["description"], r["distribution"], r["version"], r["entry_point"])
+        Console().print(t)
+
+    _emit(found, as_json, render)
+
+
+@app.command()
+def train(
+    domain: str = typer.Argument(..., help="Domain name (see `sciffusion domains`)."),
+    overrides: Optional[List[str]] = OverridesArg,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run folder (checkpoints, logs)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the run folder's last checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when a terminal)."),
+):
+    """Train a model of DOMAIN; resumes from OUT's last checkpoint."""
+    from .. import api
+    from ..core.config import dump_toml
+
+    cfg = _run(api.config, domain, config, overrides or [])
+    if dry_run:
+        typer.echo(dump_toml(cfg), nl=False)
+        return
+    result = _run(api.train, domain, cfg, out, device=device, resume=resume, progress=progress)
+    typer.echo(f"trained {domain} to step {result.step}: {result.checkpoint}")
+
+
+def _sample_config_preview(model: str, kwargs: dict) -> dict:
+    from ..core.checkpoint import load_checkpoint
+    from ..core.config import apply_overrides
+    from ..core.registry import get_domain
+
+    path = Path(model)
+    if path.exists():
+        ckpt = load_checkpoint(path)
+    else:
+        dom = get_domain(model)
+        shipped = dom.default_checkpoint()
+        if shipped is None:
+            raise ValueError(f"domain '{model}' ships no default model; pass a checkpoint")
+        ckpt = load_checkpoint(shipped)
+    cfg = dict(ckpt.config)
+    sample_cfg = dict(cfg.get("sample", {}))
+    for k in ("batch_size", "sampler", "steps", "grid", "guidance"):
+        if kwargs.get(k) is not None:
+            sample_cfg[k] = kwargs[k]
+    cfg["sample"] = sample_cfg
+    return apply_overrides(cfg, kwargs.get("overrides", ()))
+
+
+@app.command()
+def sample(
+    model: str = typer.Argument(..., help="A checkpoint (folder or run folder) or a domain name (its shipped model)."),
+    overrides: Optional[List[str]] = OverridesArg,
+    n: Optional[int] = typer.Option(None, "-n", "--num", min=1, help="Generate seeds 0..N-1."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds: a range 0-9999 or a list 3,5,8."),
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Output folder (resumable)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm, ddim, dpmpp_2m, euler, heun, euler_maruyama, dopri5"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Time grid: karras, log_snr, uniform, discrete."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight (0 = none)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear OUT first instead of resuming."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+):
+    """Generate samples in shards with a manifest; run the same command again to resume."""
+    from .. import api
+    from ..core.config import dump_toml
+
+    if (n is None) == (seeds is None):
+        typer.echo("error: give exactly one of -n/--num or --seeds", err=True)
+        raise typer.Exit(2)
+    kwargs = dict(n=n, seeds=seeds, batch_size=batch_size, sampler=sampler, steps=steps, grid=grid,
+                  guidance=guidance, overrides=overrides or [], device=device, progress=progress)
+    if dry_run:
+        typer.echo(dump_toml(_run(_sample_config_preview, model, kwargs)), nl=False)
+        return
+    result = _run(api.sample, model, out, overwrite=overwrite, **kwargs)
+    typer.echo(f"{result.files} samples in {result.out} ({result.generated} generated now, {result.skipped} already there); "
+               f"manifest {result.manifest}")
+
+
+@app.command()
+def evaluate(
+    domain: str = typer.Argument(..., help="Domain whose reader and metrics to use."),
+    paths: List[Path] = typer.Argument(..., help="Files or folders (folders: every file with the domain's suffix)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint whose training-data facts the metrics use."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files and count them instead of failing."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Score files written by sciffusion or any other tool."""
+    from .. import api
+
+    metrics = _run(api.evaluate, domain, paths, checkpoint=checkpoint, skip_bad=skip_bad)
+    _emit(metrics, as_json, lambda m: _table([(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.items()],
+                                             title=f"{domain} evaluation"))
+
+
+@app.command()
+def info(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder, run folder or a file inside a checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Show what a checkpoint holds: domain, config, step, hash, recorded metrics."""
+    from .. import api
+
+    data = _run(api.info, checkpoint)
+
+    def render(d):
+        rows = [(k, str(d[k])) for k in ("path", "domain", "step", "hash", "sciffusion_version", "parameters", "has_ema", "has_optimizer")]
+        rows += [(f"metric {k}", f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in d["metrics"].items()]
+        _table(rows, title="checkpoint")
+        from ..core.config import dump_toml
+
+        typer.echo(dump_toml(d["config"]) if d["config"] else "(no config recorded)", nl=False)
+
+    _emit(data, as_json, render)
+
+
+@app.command()
+def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Versions, devices and installed domains, for bug reports."""
+    from .. import api
+
+    data = _run(api.env)
+
+    def render(d):
+        rows = [(k, str(v)) for k, v in d.items() if k not in ("packages", "cuda_devices")]
+        rows += [(f"device {x['index']}", f"{x['name']} ({x['memory_gib']} GiB, sm {x['capability']})") for x in d["cuda_devices"]]
+        rows += [(k, str(v)) for k, v in d["packages"].items()]
+        _table(rows, title="sciffusion environment")
+
+    _emit(data, as_json, render)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as e:  # anything unexpected still exits 1 with one line (traceback with --verbose)
+        if _state["verbose"]:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)
