@@ -167,41 +167,56 @@ def polynomial_alphas2(timesteps: int, power: float = 2.0, precision: float = 1e
 class TabulatedVP(Process):
     """A variance-preserving process given by its log-SNR on the grid t = k/T, k = 0..T, made
     continuous by linear interpolation of the log-SNR (exact at the grid points). Discrete-step
-    models (EDM's polynomial schedule, DDPM's beta schedules) are processes of this kind."""
+    models (EDM's polynomial schedule, DDPM's beta schedules) are processes of this kind.
+
+    The first entry may be +inf (exactly clean data at t = 0); then on [0, 1/T] the VE-equivalent
+    variance sigma~^2 = exp(-lambda) is interpolated linearly instead: lambda = lambda_1 - log(t T)."""
 
     name = "tabulated_vp"
 
     def __init__(self, log_snr_table):
         lam = torch.as_tensor(log_snr_table, dtype=torch.float64).reshape(-1)
-        if lam.numel() < 2 or not bool((lam[1:] < lam[:-1]).all()):
+        if lam.numel() < 2 or not bool((lam[1:] < lam[:-1]).all()) or bool(torch.isnan(lam).any()):
             raise ValueError("a log-SNR table needs at least 2 strictly decreasing values")
+        if bool(torch.isinf(lam[1:]).any()):
+            raise ValueError("only the first log-SNR entry (t = 0) may be infinite")
         self.timesteps = lam.numel() - 1
+        self.clean_start = bool(torch.isinf(lam[0]))
         self._lam = lam
+        self._interp = lam.clone()
+        if self.clean_start:
+            self._interp[0] = lam[1] + 1.0  # finite stand-in; the first interval is handled apart
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod) -> "TabulatedVP":
         """DDPM-style discrete schedule: t = 0 is clean data, t = k/T has alpha^2 = alphas_cumprod[k-1]."""
         a2 = torch.as_tensor(alphas_cumprod, dtype=torch.float64).reshape(-1)
         lam = torch.log(a2) - torch.log1p(-a2)
-        top = max(float(lam[0]) + 10.0, 30.0)  # t = 0: (nearly) clean
-        return cls(torch.cat([torch.tensor([top], dtype=torch.float64), lam]))
+        return cls(torch.cat([torch.tensor([math.inf], dtype=torch.float64), lam]))
 
-    def _table(self, t: Tensor) -> Tensor:
-        return self._lam.to(device=t.device)
+    def _first(self, u: Tensor) -> Tensor:
+        """Where t lies in the VE-linear first interval of a clean-start table (u = t T)."""
+        return (u < 1.0) if self.clean_start else torch.zeros_like(u, dtype=torch.bool)
 
     def log_snr(self, t):
-        lam = self._table(t)
+        lam = self._interp.to(t.device)
         u = t.to(torch.float64) * self.timesteps
         k = u.floor().clamp(0, self.timesteps - 1)
         frac = u - k
         k = k.long()
         out = lam[k] + frac * (lam[k + 1] - lam[k])
+        if self.clean_start:
+            out = torch.where(self._first(u), lam[1] - torch.log(u), out)
         return out.to(t.dtype)
 
     def d_log_snr(self, t):
-        lam = self._table(t)
-        k = (t.to(torch.float64) * self.timesteps).floor().clamp(0, self.timesteps - 1).long()
-        return ((lam[k + 1] - lam[k]) * self.timesteps).to(t.dtype)
+        lam = self._interp.to(t.device)
+        u = t.to(torch.float64) * self.timesteps
+        k = u.floor().clamp(0, self.timesteps - 1).long()
+        out = (lam[k + 1] - lam[k]) * self.timesteps
+        if self.clean_start:
+            out = torch.where(self._first(u), -1.0 / t.to(torch.float64), out)
+        return out.to(t.dtype)
 
     def alpha(self, t):
         return torch.sqrt(torch.sigmoid(self.log_snr(t)))
@@ -211,22 +226,36 @@ class TabulatedVP(Process):
 
     def d_alpha(self, t):
         lam = self.log_snr(t)
-        return 0.5 * torch.sqrt(torch.sigmoid(lam)) * torch.sigmoid(-lam) * self.d_log_snr(t)
+        out = 0.5 * torch.sqrt(torch.sigmoid(lam)) * torch.sigmoid(-lam) * self.d_log_snr(t)
+        if self.clean_start:  # alpha^2 = 1/(1 + t T s1): d alpha/dt = -alpha^3 T s1 / 2
+            s1 = math.exp(-float(self._lam[1]))
+            out = torch.where(self._first(t * self.timesteps), -0.5 * self.alpha(t) ** 3 * self.timesteps * s1, out)
+        return out
 
     def d_sigma(self, t):
         lam = self.log_snr(t)
-        return -0.5 * torch.sqrt(torch.sigmoid(-lam)) * torch.sigmoid(lam) * self.d_log_snr(t)
+        out = -0.5 * torch.sqrt(torch.sigmoid(-lam)) * torch.sigmoid(lam) * self.d_log_snr(t)
+        if self.clean_start:  # sigma^2 = v/(1+v), v = t T s1: d sigma/dt = T s1 alpha^4 / (2 sigma)
+            s1 = math.exp(-float(self._lam[1]))
+            out = torch.where(self._first(t * self.timesteps),
+                              0.5 * self.timesteps * s1 * self.alpha(t) ** 4 / self.sigma(t), out)
+        return out
 
     def t_of_log_snr(self, lam):
-        table = self._table(lam)
+        table = self._interp.to(lam.device)
         desc = -table  # increasing
         x = -lam.to(torch.float64)
         k = torch.searchsorted(desc, x.contiguous()).clamp(1, self.timesteps) - 1
         frac = (x - desc[k]) / (desc[k + 1] - desc[k])
-        return ((k + frac.clamp(0, 1)) / self.timesteps).to(lam.dtype)
+        out = (k + frac.clamp(0, 1)) / self.timesteps
+        if self.clean_start:
+            first = lam.to(torch.float64) > table[1]
+            out = torch.where(first, torch.exp(table[1] - lam.to(torch.float64)) / self.timesteps, out)
+        return out.to(lam.dtype)
 
     def config(self):
         return {"name": self.name, "log_snr_table": [float(v) for v in self._lam]}
+
 
 class PolynomialVP(TabulatedVP):
     """EDM's discrete variance-preserving polynomial schedule (``polynomial_alphas2``) as a

@@ -61,8 +61,11 @@ def schedule(process: Process, grid: Tensor) -> Schedule:
     return Schedule(g.tolist(), *[[float(v) for v in p] for p in parts])
 
 
-def prior(process: Process, like: State, noise: ExampleNoise, t: float = 1.0) -> State:
-    """Initial state at time t: sigma(t) times standard noise in each field's space."""
+def prior(process: Process, like: State, noise: ExampleNoise, t: float | Tensor) -> State:
+    """Initial state at time t (a float, or a time grid whose first time is used): sigma(t) times
+    standard noise in each field's space."""
+    if torch.is_tensor(t):
+        t = float(t.reshape(-1)[0])
     s = float(process.sigma(torch.tensor([t], dtype=torch.float64)))
     return noise.normal(like) * s
 
@@ -141,15 +144,15 @@ def sample_euler(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=No
 def sample_heun(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=None, constraint=None,
                 callback: Callback | None = None, final_denoise: bool = True) -> State:
     """Heun's second-order method on the PF-ODE in EDM's variables (Karras et al. 2022, Alg. 1):
-    x~_n = x~ + (sigma~_n - sigma~)(eps_hat + eps_hat')/2. A step to sigma = 0 (or from alpha = 0,
-    an infinite sigma~) is an Euler step: n steps cost 2n - 1 evaluations when the grid ends at 0."""
+    x~_n = x~ + (sigma~_n - sigma~)(eps_hat + eps_hat')/2. The last step (into the data end) and a
+    step from alpha = 0 (an infinite sigma~) are Euler steps: n steps cost 2n - 1 evaluations."""
     sched, x = _start(denoiser, x, grid, constraint, noise)
     for i in range(sched.steps):
         a, s, a_n, s_n = sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
         D = _eval(denoiser, x, sched.t[i], cond)
         eps = (x - D * a) / s
         x_euler = (D * a_n + eps * s_n).project()
-        if s_n == 0 or a == 0:
+        if s_n == 0 or a == 0 or i == sched.steps - 1:
             x = x_euler
         else:
             D2 = _eval(denoiser, x_euler, sched.t[i + 1], cond)
@@ -164,7 +167,9 @@ def sample_dpmpp_2m(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise
                     callback: Callback | None = None, final_denoise: bool = True) -> State:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), data prediction, multistep, in half log-SNR
     l = log(a/s) = lambda/2: h = l_n - l, x_n = (s_n/s) x - a_n (e^{-h} - 1) D_eff,
-    D_eff = (1 + 1/(2r)) D - 1/(2r) D_prev with r = h_prev / h (first and last steps: D_eff = D)."""
+    D_eff = (1 + 1/(2r)) D - 1/(2r) D_prev with r = h_prev / h. The first step and the last step are
+    first order (D_eff = D): the last step into the data end has h far larger than h_prev, where the
+    second-order extrapolation is unstable (diffusers' "lower_order_final")."""
     sched, x = _start(denoiser, x, grid, constraint, noise)
     D_prev, h_prev = None, None
     for i in range(sched.steps):
@@ -173,7 +178,7 @@ def sample_dpmpp_2m(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise
         h = 0.5 * (lam_n - lam)
         D = _eval(denoiser, x, sched.t[i], cond)
         expm = -1.0 if math.isinf(h) else math.expm1(-h)  # e^{-h} - 1
-        if D_prev is None or math.isinf(h) or math.isinf(h_prev):
+        if D_prev is None or math.isinf(h) or math.isinf(h_prev) or i == sched.steps - 1:
             D_eff = D
         else:
             r = h_prev / h

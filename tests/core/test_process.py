@@ -75,3 +75,16 @@ def test_bad_time_and_config_errors():
         process_from_config({"name": "nope"})
     with pytest.raises(ValueError, match="decreasing"):
         TabulatedVP([1.0, 2.0])
+
+
+def test_ddpm_table_is_exactly_clean_at_t0_and_smooth_in_its_first_interval():
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    p = TabulatedVP.from_alphas_cumprod(torch.cumprod(1 - betas, 0))
+    assert float(p.sigma(torch.tensor(0.0, dtype=torch.float64))) == 0.0
+    assert float(p.alpha(torch.tensor(0.001, dtype=torch.float64)) ** 2) == pytest.approx(1 - 1e-4, rel=1e-12)
+    t = torch.tensor([2e-4, 5e-4, 9e-4], dtype=torch.float64, requires_grad=True)
+    da = torch.autograd.grad(p.alpha(t).sum(), t)[0]
+    ds = torch.autograd.grad(p.sigma(t).sum(), t)[0]
+    assert torch.allclose(p.d_alpha(t), da, rtol=1e-8) and torch.allclose(p.d_sigma(t), ds, rtol=1e-8)
+    lam = p.log_snr(t.detach())
+    assert torch.allclose(p.t_of_log_snr(lam), t.detach(), rtol=1e-12)

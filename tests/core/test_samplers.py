@@ -261,3 +261,37 @@ def test_grids():
     assert grids.truncate(grids.uniform(10), 0.35).tolist()[:2] == [0.35, pytest.approx(0.3)]
     with pytest.raises(ValueError, match="positive integer"):
         grids.uniform(0)
+
+
+
+def _ddpm_process():
+    from sciffusion.core.process import TabulatedVP
+
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    return TabulatedVP.from_alphas_cumprod(torch.cumprod(1 - betas, 0))
+
+
+@pytest.mark.parametrize("name, steps, nfe", [("euler", 10, 10), ("heun", 10, 19), ("dpmpp_2m", 10, 10),
+                                              ("ddim", 10, 10)])
+def test_network_evaluations_per_sampler(name, steps, nfe):
+    """n steps cost n evaluations (Heun 2n - 1), with no extra final call when the grid ends at clean data."""
+    for proc in (_ddpm_process(), VPCosine(), KarrasVE()):
+        den = ExactDenoiser(RING, proc)
+        grid = grids.karras(proc, steps)
+        x, _ = start(proc, grid, 8)
+        get_sampler(name)(den, x, grid)
+        assert den.calls == nfe, (proc.name, den.calls)
+
+
+def test_dpmpp_2m_is_stable_on_a_ddpm_schedule():
+    """Regression: on a discrete DDPM schedule the last step into the data must not extrapolate."""
+    proc = _ddpm_process()
+    den = ExactDenoiser(RING, proc)
+    grid = grids.karras(proc, 10, sigma_max=float(proc.sigma_tilde(torch.tensor(1.0, dtype=torch.float64))))
+    x, _ = start(proc, grid, 256)
+    ref = sample_heun(den, x, grids.karras(proc, 500, sigma_max=float(proc.sigma_tilde(torch.tensor(1.0, dtype=torch.float64)))))["x"]
+    err10 = rmse(sample_dpmpp_2m(den, x, grid)["x"], ref)
+    err10_log = rmse(sample_dpmpp_2m(den, x, grids.log_snr_uniform(proc, 10))["x"], ref)
+    err20_log = rmse(sample_dpmpp_2m(den, x, grids.log_snr_uniform(proc, 20))["x"], ref)
+    # with a second-order last step these were 0.84 and 0.32
+    assert err10 < 0.7 and err10_log < 0.25 and err20_log < 0.05, (err10, err10_log, err20_log)
