@@ -1,0 +1,41 @@
+"""The molecule record shared by the molecules domain's readers, metrics, writers and model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SYMBOLS = ["H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar",
+           "K", "Ca", "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br",
+           "Kr", "Rb", "Sr", "Y", "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te",
+           "I"]
+ATOMIC_NUMBER = {s: i + 1 for i, s in enumerate(SYMBOLS)}
+
+
+def symbol(z: int) -> str:
+    return SYMBOLS[int(z) - 1]
+
+
+@dataclass
+class Molecule:
+    """Atoms with explicit hydrogens: atomic numbers (n,) and positions (n, 3) in Angstrom."""
+
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    properties: dict = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self):
+        self.atomic_numbers = np.asarray(self.atomic_numbers, dtype=np.int64).reshape(-1)
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
+        if len(self.atomic_numbers) != len(self.positions):
+            raise ValueError(f"molecule {self.name!r}: {len(self.atomic_numbers)} atoms but {len(self.positions)} positions")
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.atomic_numbers)
+
+    @property
+    def symbols(self) -> list[str]:
+        return [symbol(z) for z in self.atomic_numbers]
