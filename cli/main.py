@@ -123,29 +123,6 @@ def train(
     typer.echo(f"trained {domain} to step {result.step}: {result.checkpoint}")
 
 
-def _sample_config_preview(model: str, kwargs: dict) -> dict:
-    from ..core.checkpoint import load_checkpoint
-    from ..core.config import apply_overrides
-    from ..core.registry import get_domain
-
-    path = Path(model)
-    if path.exists():
-        ckpt = load_checkpoint(path)
-    else:
-        dom = get_domain(model)
-        shipped = dom.default_checkpoint()
-        if shipped is None:
-            raise ValueError(f"domain '{model}' ships no default model; pass a checkpoint")
-        ckpt = load_checkpoint(shipped)
-    cfg = dict(ckpt.config)
-    sample_cfg = dict(cfg.get("sample", {}))
-    for k in ("batch_size", "sampler", "steps", "grid", "guidance"):
-        if kwargs.get(k) is not None:
-            sample_cfg[k] = kwargs[k]
-    cfg["sample"] = sample_cfg
-    return apply_overrides(cfg, kwargs.get("overrides", ()))
-
-
 @app.command()
 def sample(
     model: str = typer.Argument(..., help="A checkpoint (folder or run folder) or a domain name (its shipped model)."),
@@ -173,7 +150,9 @@ def sample(
     kwargs = dict(n=n, seeds=seeds, batch_size=batch_size, sampler=sampler, steps=steps, grid=grid,
                   guidance=guidance, overrides=overrides or [], device=device, progress=progress)
     if dry_run:
-        typer.echo(dump_toml(_run(_sample_config_preview, model, kwargs)), nl=False)
+        from ..core.generate import sample_config
+
+        typer.echo(dump_toml(_run(sample_config, model, **kwargs)), nl=False)
         return
     result = _run(api.sample, model, out, overwrite=overwrite, **kwargs)
     typer.echo(f"{result.files} samples in {result.out} ({result.generated} generated now, {result.skipped} already there); "

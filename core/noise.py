@@ -56,8 +56,8 @@ def example_coordinates(x: Tensor, index: Tensor | None, batch_size: int) -> tup
     trailing = [along(d) for d in range(1, r)]
     if index is None:
         return along(0), trailing
-    counts = torch.bincount(index, minlength=batch_size)
-    starts = torch.cumsum(counts, 0) - counts
+    counts = torch.zeros(batch_size, dtype=torch.long, device=dev).index_add_(0, index, torch.ones_like(index))
+    starts = torch.cumsum(counts, 0) - counts  # no host sync (bincount would need one on CUDA)
     row_in_example = torch.arange(shape[0], device=dev) - starts[index]
     view = [shape[0]] + [1] * (r - 1)
     return index.view(view).expand(shape), [row_in_example.view(view).expand(shape)] + trailing
