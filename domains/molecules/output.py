@@ -1,0 +1,92 @@
+"""Molecule outputs that chemistry tools read: SDF (3D coordinates, bonds inferred with EDM's
+distance rules, SD tags), XYZ, and a PNG grid of 2D depictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ...core.io import atomic_path, atomic_write_text
+from .chem import bond_matrix, stable_atoms, to_rdkit
+from .types import Molecule
+
+
+def rdkit_molecule(molecule: Molecule, bonds: np.ndarray | None = None, sanitize: bool = True):
+    """An RDKit molecule with the inferred bonds and the 3D conformer; sanitised when the chemistry
+    allows (otherwise returned unsanitised with its property cache updated leniently)."""
+    from rdkit import Chem
+
+    mol = to_rdkit(molecule, bond_matrix(molecule) if bonds is None else bonds)
+    for atom in mol.GetAtoms():
+        atom.SetNoImplicit(True)  # every hydrogen is explicit
+    if sanitize:
+        try:
+            Chem.SanitizeMol(mol)
+            return mol
+        except Exception:  # noqa: BLE001 - RDKit raises several sanitisation error types
+            pass
+    mol.UpdatePropertyCache(strict=False)
+    return mol
+
+
+def sdf_block(molecule: Molecule, tags: Mapping[str, object] | None = None) -> str:
+    """One SDF record (V2000 molblock + SD tags + $$$$)."""
+    from rdkit import Chem
+
+    bonds = bond_matrix(molecule)
+    mol = rdkit_molecule(molecule, bonds)
+    block = Chem.MolToMolBlock(mol, kekulize=False)
+    lines = [block.rstrip("\n")]
+    stable = stable_atoms(molecule.atomic_numbers, bonds)
+    all_tags = {"atoms": molecule.num_atoms, "atom_stable_fraction": f"{float(np.mean(stable)) if len(stable) else 0:.4f}",
+                "molecule_stable": int(bool(np.all(stable)))}
+    all_tags.update(tags or {})
+    for k, v in all_tags.items():
+        lines.append(f"> <{k}>\n{v}\n")
+    return "\n".join(lines) + "\n$$$$\n"
+
+
+def write_sdf(path: str | Path, molecules: Sequence[Molecule], tags: Sequence[Mapping] | None = None) -> Path:
+    """Write molecules to one SDF file atomically."""
+    tags = tags or [{}] * len(molecules)
+    atomic_write_text(path, "".join(sdf_block(m, t) for m, t in zip(molecules, tags)))
+    return Path(path)
+
+
+def xyz_block(molecule: Molecule, comment: str = "") -> str:
+    lines = [str(molecule.num_atoms), comment.replace("\n", " ")]
+    lines += [f"{s} {x:.6f} {y:.6f} {z:.6f}" for s, (x, y, z) in zip(molecule.symbols, molecule.positions.tolist())]
+    return "\n".join(lines) + "\n"
+
+
+def write_xyz(path: str | Path, molecules: Sequence[Molecule], comments: Sequence[str] | None = None) -> Path:
+    """Write molecules as concatenated XYZ frames, atomically."""
+    comments = comments or [m.name for m in molecules]
+    atomic_write_text(path, "".join(xyz_block(m, c) for m, c in zip(molecules, comments)))
+    return Path(path)
+
+
+def draw_grid(path: str | Path, molecules: Sequence[Molecule], legends: Sequence[str] | None = None,
+              columns: int = 5, size: int = 220) -> Path:
+    """A PNG grid of 2D depictions (hydrogens hidden where the molecule sanitises)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, Draw
+
+    mols = []
+    for m in molecules:
+        mol = rdkit_molecule(m)
+        try:
+            mol = Chem.RemoveHs(mol)
+        except Exception:  # noqa: BLE001 - unsanitisable molecules are drawn with their hydrogens
+            pass
+        mol = Chem.Mol(mol)
+        mol.RemoveAllConformers()
+        AllChem.Compute2DCoords(mol)
+        mols.append(mol)
+    img = Draw.MolsToGridImage(mols, molsPerRow=columns, subImgSize=(size, size),
+                               legends=list(legends) if legends else [m.name for m in molecules])
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
