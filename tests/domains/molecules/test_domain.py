@@ -1,0 +1,125 @@
+"""The molecules domain as the engine and a user meet it: registry, state layout, outputs, and the
+CLI on a user's own SDF file."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sciffusion.core.registry import get_domain
+from sciffusion.core.spaces import ZeroMean
+from sciffusion.domains.molecules.chem import bond_matrix, stable_atoms
+from sciffusion.domains.molecules.data import load_sdf, load_xyz
+from sciffusion.domains.molecules.output import draw_grid, write_sdf, write_xyz
+from sciffusion.domains.molecules.types import Molecule
+
+SCIFFUSION = str(Path(sys.executable).parent / "sciffusion")
+
+
+def water(shift=(0.0, 0.0, 0.0)):
+    pos = np.array([[0.0, 0.0, 0.0], [0.9572, 0.0, 0.0], [-0.2400, 0.9266, 0.0]]) + np.array(shift)
+    return Molecule([8, 1, 1], pos, name="water")
+
+
+def methane():
+    d = 1.09 / math.sqrt(3)
+    pos = np.array([[0, 0, 0], [d, d, d], [-d, -d, d], [-d, d, -d], [d, -d, -d]], dtype=float)
+    return Molecule([6, 1, 1, 1, 1], pos, name="methane")
+
+
+def ethene():
+    pos = np.array([[0.0, 0.0, 0.667], [0.0, 0.0, -0.667], [0.0, 0.923, 1.232], [0.0, -0.923, 1.232],
+                    [0.0, 0.923, -1.232], [0.0, -0.923, -1.232]])
+    return Molecule([6, 6, 1, 1, 1, 1], pos, name="ethene")
+
+
+@pytest.fixture(scope="module")
+def domain():
+    return get_domain("molecules")
+
+
+@pytest.fixture(scope="module")
+def data_config(domain):
+    cfg = domain.default_config()
+    cfg["data"]["elements"] = ["H", "C", "N", "O", "F"]
+    return domain.data_config([water(), methane(), ethene()] * 3, cfg)
+
+
+def test_registered_like_a_plugin(domain):
+    assert domain.name == "molecules" and domain.file_suffix == ".sdf"
+    cfg = domain.default_config()
+    assert cfg["process"]["name"] == "polynomial" and cfg["model"]["network"] == "egnn"
+
+
+def test_state_layout_and_decode_round_trip(domain, data_config):
+    mols = [methane(), water((5.0, -2.0, 1.0)), ethene()]
+    batch = domain.collate(mols, data_config)
+    x0 = batch.x0
+    assert isinstance(x0.space("pos"), ZeroMean) and x0.index["pos"].tolist() == [0] * 5 + [1] * 3 + [2] * 6
+    for i in range(3):
+        assert x0["pos"][x0.index["pos"] == i].mean(0).abs().max() < 1e-6
+    # one-hot / 4 then Z / 10 (EDM's norm values)
+    assert torch.allclose(x0["h"][0], torch.tensor([0, 0.25, 0, 0, 0, 0.6]))
+    back = domain.decode(x0, None, data_config)
+    for m, b in zip(mols, back):
+        assert (b.atomic_numbers == m.atomic_numbers).all()
+        assert np.allclose(b.positions, m.positions - m.positions.mean(0), atol=1e-6)
+
+
+def test_unknown_element_is_a_clear_error(domain, data_config):
+    from sciffusion.core.io import InputError
+
+    with pytest.raises(InputError, match="Z=16 is not in the model's element set"):
+        domain.collate([Molecule([16, 1, 1], np.zeros((3, 3)), name="h2s")], data_config)
+
+
+def test_atom_counts_come_from_each_seed(domain, data_config):
+    a = domain.sample_sizes([3, 4, 5, 6], data_config)
+    b = domain.sample_sizes([6, 4], data_config)
+    assert a[3] == b[0] and a[1] == b[1]
+    assert set(a) <= {3, 5, 6}  # sizes seen in training
+    tpl = domain.template([3, 4, 5, 6], domain.default_config(), data_config)
+    assert tpl.x0.batch_size == 4 and tpl.x0["pos"].shape == (sum(a), 3) and tpl.cond is None
+
+
+def test_sdf_and_xyz_writers_round_trip(tmp_path):
+    mols = [methane(), water(), ethene()]
+    write_sdf(tmp_path / "m.sdf", mols, [{"seed": i} for i in range(3)])
+    back, skipped = load_sdf(tmp_path / "m.sdf")
+    assert not skipped and [m.num_atoms for m in back] == [5, 3, 6]
+    for m, b in zip(mols, back):
+        assert (m.atomic_numbers == b.atomic_numbers).all() and np.allclose(m.positions, b.positions, atol=1e-4)
+    text = (tmp_path / "m.sdf").read_text()
+    assert text.count("$$$$") == 3 and "> <seed>\n2" in text and "> <molecule_stable>\n1" in text
+    # the ethene record carries its double bond (EDM bond rules)
+    assert (bond_matrix(ethene()) == 2).sum() == 2 and "  1  2  2  0" in text
+    write_xyz(tmp_path / "m.xyz", mols)
+    back, _ = load_xyz(tmp_path / "m.xyz")
+    assert [m.symbols for m in back] == [m.symbols for m in mols]
+    png = draw_grid(tmp_path / "grid.png", mols)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_user_files_through_the_cli(tmp_path):
+    """`sciffusion evaluate molecules FILES` scores SDF and XYZ written by any tool."""
+    good = [methane(), water(), ethene()]
+    stretched = ethene()
+    stretched.positions[1, 2] -= 0.6  # C=C stretched to 1.93 A: no C-C bond, both carbons unstable
+    write_sdf(tmp_path / "a.sdf", good)
+    write_xyz(tmp_path / "b.xyz", [stretched])
+    assert not stable_atoms(stretched.atomic_numbers, bond_matrix(stretched)).all()
+    proc = subprocess.run([SCIFFUSION, "evaluate", "molecules", tmp_path / "a.sdf", tmp_path / "b.xyz", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["n_molecules"] == 4 and m["molecule_stability"] == pytest.approx(75.0)
+    assert m["validity_strict"] == pytest.approx(75.0)  # the stretched ethene falls apart into two fragments
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("3\nwater\nO 0 0 0\nH 0.95 0 0\n")
+    proc = subprocess.run([SCIFFUSION, "evaluate", "molecules", bad], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "bad.xyz" in proc.stderr
