@@ -39,8 +39,9 @@ ENGINE_DEFAULTS: dict = {
                   "condition_dropout": 0.0, "edm_preconditioning": False, "sigma_data": 0.5},
     "train": {
         "steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 1e-12, "betas": [0.9, 0.999],
-        "warmup_steps": 0, "decay": "none", "min_lr_ratio": 0.0, "ema_decay": 0.999, "ema_warmup": 0,
-        "grad_clip": 0.0, "adaptive_clip": False, "grad_accum": 1, "bf16": True, "compile": False,
+        "warmup_steps": 0, "decay": "none", "min_lr_ratio": 0.0, "ema_decay": 0.999, "ema_warmup": 10,
+        "grad_clip": 0.0, "adaptive_clip": False, "adaptive_clip_window": 50, "adaptive_clip_start": 10,
+        "ddp_find_unused": "auto", "grad_accum": 1, "bf16": True, "compile": False,
         "seed": 0, "log_every": 50, "val_every": 0, "val_batches": 4, "sample_every": 0, "sample_n": 64,
         "ckpt_every": 500, "keep_last": 3, "max_bad_steps": 20, "num_workers": 0,
     },
@@ -169,3 +170,19 @@ def resolve_config(domain: Domain, config: "str | Path | dict | None" = None, ov
     cfg = apply_overrides(cfg, overrides)
     cfg["domain"] = domain.name
     return cfg
+
+
+def denoiser_from_checkpoint(domain: Domain, ckpt, cfg: dict | None = None, *, prefer_ema: bool = True,
+                             device="cpu") -> Denoiser:
+    """Rebuild a checkpoint's denoiser with its (EMA) network weights, in eval mode on ``device``.
+    ``cfg`` overrides the checkpoint's config (e.g. sampling options); the model part must match."""
+    from .checkpoint import CheckpointError, load_weights
+
+    try:
+        den = domain.build_denoiser(ckpt.config if cfg is None else cfg, ckpt.data_config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt.path}: cannot build the '{domain.name}' model from the checkpoint's config "
+                              f"({type(e).__name__}: {e})") from None
+    name = "ema.safetensors" if prefer_ema and ckpt.has("ema.safetensors") else "model.safetensors"
+    load_weights(den.network, ckpt.tensors(name), ckpt.path / name)
+    return den.to(device).eval()

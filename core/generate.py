@@ -61,10 +61,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoint, load_weights
+from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoint
 from .checkpoint import resolve as resolve_checkpoint
 from .config import apply_overrides, config_hash, deep_merge
-from .domain import Batch, Domain
+from .domain import Batch, Domain, denoiser_from_checkpoint
 from .grids import GRIDS, make_grid
 from .guidance import ClassifierFreeGuidance
 from .io import InputError, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, sha256_json
@@ -294,20 +294,7 @@ def _pick_device(device: str | None, local_rank: int | None) -> torch.device:
 
 
 def _build_denoiser(domain: Domain, cfg: dict, ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
-    try:
-        den = domain.build_denoiser(cfg, ckpt.data_config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt.path}: cannot build the '{domain.name}' model from the checkpoint's config "
-                              f"({type(e).__name__}: {e})") from None
-    prefer_ema = bool(cfg["sample"].get("use_ema", True))
-    weights = ckpt.weights(prefer_ema)
-    source = ckpt.path / ("ema.safetensors" if prefer_ema and ckpt.has("ema.safetensors") else "model.safetensors")
-    target = den
-    network = getattr(den, "network", None)
-    if isinstance(network, torch.nn.Module) and weights and not any(k.startswith("network.") for k in weights):
-        target = network  # weights of the bare network
-    load_weights(target, weights, source)
-    return den.to(device).eval()
+    return denoiser_from_checkpoint(domain, ckpt, cfg, prefer_ema=bool(cfg["sample"].get("use_ema", True)), device=device)
 
 
 # ----------------------------------------------------------------------------- distributed

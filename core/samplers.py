@@ -173,9 +173,8 @@ def sample_dpmpp_2m(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise
     sched, x = _start(denoiser, x, grid, constraint, noise)
     D_prev, h_prev = None, None
     for i in range(sched.steps):
-        a, s, a_n, s_n = sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
-        lam, lam_n = sched.lam(i), sched.lam(i + 1)
-        h = 0.5 * (lam_n - lam)
+        s, a_n, s_n = sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
+        h = 0.5 * (sched.lam(i + 1) - sched.lam(i))
         D = _eval(denoiser, x, sched.t[i], cond)
         expm = -1.0 if math.isinf(h) else math.expm1(-h)  # e^{-h} - 1
         if D_prev is None or math.isinf(h) or math.isinf(h_prev) or i == sched.steps - 1:

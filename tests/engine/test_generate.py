@@ -32,7 +32,7 @@ def make_checkpoint(domain, data, folder: Path, overrides=(), meta_overrides=Non
     cfg = resolve_config(domain, overrides=[f"data.path='{data}'", *TINY, *overrides])
     data_config = domain.data_config(domain.load_dataset(cfg["data"], "train"), cfg)
     torch.manual_seed(seed)
-    net = domain.build_denoiser(cfg, data_config)
+    net = domain.build_denoiser(cfg, data_config).network  # checkpoints hold the bare network, as the trainer writes them
     meta_cfg = resolve_config(domain, cfg, meta_overrides or [])
     save_checkpoint(folder, model=net.state_dict(), ema=net.state_dict(),
                     meta={"domain": "points2d", "step": 0, "config": meta_cfg, "data_config": data_config})

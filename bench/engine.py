@@ -1,0 +1,386 @@
+"""Engine benchmark: what the trainer costs over a bare PyTorch loop (and, when present, batch
+generation throughput: ``bench_generation``).
+
+Trainer overhead. The points2d test plugin's EGNN (hidden 64, 3 layers, ~92k parameters) on 300
+generated point clouds, global batch 64, float32 (no bf16 autocast in any row, so the rows compare
+like with like on CUDA too). Every loop collates the same batches (the trainer's, from
+``batch_indices``: clouds have 3 to 6 points, so batches differ in cost) with the domain's
+``collate``, applies condition dropout (p = 0.1), computes the same ``DiffusionObjective`` loss and
+takes a fused AdamW step (the kernel the trainer uses). The bare loops draw times and noise with
+``torch.rand``/``torch.randn`` inside the objective; the trainer's per-position noise is part of
+what it costs:
+
+  bare loop           forward, backward, optimizer step; nothing else
+  bare loop + EMA     the same plus an EMA of the weights (``torch._foreach_lerp_``): the fair
+                      reference, since the trainer keeps an EMA
+  trainer             ``sciffusion.core.train.train`` with its defaults: EMA, deterministic
+                      per-position batches, times and noise, NaN/inf detection and skip, a log
+                      line (with a gradient norm) every 10 steps, no validation, sampling or
+                      periodic checkpoint
+
+A step is timed from one ``collate`` call to the next (the benchmark's points2d subclass notes the
+clock on every call), so the trainer's set-up and final checkpoint stay out and everything it does
+per step (logging included) counts; a run's figure is the mean over its timed steps after a
+warm-up. On the CPU the clock is this process's CPU time (``time.process_time``: the loops run in
+one thread without workers), on CUDA wall time. The speed of a shared machine drifts by tens of
+percent within seconds, so the runs are interleaved (reference, trainer, bare loop, reference, ...),
+the ratio is the median over repeats of a run's time over the mean of the two reference runs
+around it, and the "runs" column shows the spread.
+
+Run ``python bench/engine.py`` (about two minutes on 2 CPU cores with the generation half),
+``--no-append`` to leave bench/RESULTS.md alone, ``--device cuda`` to pick a device (default: CPU,
+and CUDA too when there is one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+PLUGIN = ROOT / "tests" / "plugins" / "points2d"
+
+
+def _import_package() -> None:
+    """Make ``sciffusion`` importable when the project is not installed (it maps onto the repo root)."""
+    try:
+        import sciffusion  # noqa: F401
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("sciffusion", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sciffusion"] = module
+        spec.loader.exec_module(module)
+
+
+def _points2d():
+    """The points2d test plugin's module, imported from its source folder (no installation needed:
+    the trainer accepts a Domain instance)."""
+    if str(PLUGIN) not in sys.path:
+        sys.path.insert(0, str(PLUGIN))
+    import sciffusion_points2d
+
+    return sciffusion_points2d
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _clock(device: torch.device):
+    """Process CPU time on the CPU (robust to other jobs), wall time on CUDA."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
+# ----------------------------------------------------------------------------- trainer overhead
+
+
+def bench_trainer(device: torch.device | str | None = None, *, steps: int = 40, warmup: int = 10, batch: int = 64,
+                  hidden: int = 64, layers: int = 3, repeats: int = 9, examples: int = 300) -> list[dict]:
+    """Time per step of a bare loop, a bare loop with EMA, and ``train()``; returns table rows (dicts
+    with the keys device, loop, ms/step, runs (ms/step), steps/s, examples/s, vs bare + EMA).
+
+    A step is timed from one ``collate`` call to the next (the domain records a clock reading on
+    every call), so the trainer's set-up and final checkpoint are left out and everything it does
+    per step (logging included) counts. ms/step is the mean over the ``steps`` timed steps of a run,
+    the median over ``repeats`` runs. The runs are interleaved (reference, trainer, bare loop,
+    reference, ...) and the ratio is the median over repeats of a run's time over the mean of the
+    two reference runs around it, which cancels the drifts of a shared machine."""
+    _import_package()
+    from sciffusion.core.domain import resolve_config
+    from sciffusion.core.objectives import drop_condition
+    from sciffusion.core.train import batch_indices, train
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    clock = _clock(device)
+    p2d = _points2d()
+
+    class Timed(p2d.PointsDomain):
+        """points2d whose collate notes the time: one reading per step."""
+
+        stamps: list[float] = []
+
+        def collate(self, examples, data_config):
+            self.stamps.append(clock())
+            return super().collate(examples, data_config)
+
+    domain = Timed()
+    with tempfile.TemporaryDirectory(prefix="sciffusion-bench-train-") as tmp:
+        tmp = Path(tmp)
+        data = p2d.make_dataset(tmp / "data", examples, seed=0)
+        cfg = resolve_config(domain, {
+            "data": {"path": str(data)}, "model": {"hidden": hidden, "layers": layers},
+            "train": {"steps": warmup + steps + 1, "batch_size": batch, "log_every": 10, "ckpt_every": 0,
+                      "keep_last": 1, "bf16": False, "val_every": 0, "sample_every": 0}})
+        train_set = domain.load_dataset(cfg["data"], "train")
+        data_config = domain.data_config(train_set, cfg)
+        null = domain.null_condition(cfg, data_config)
+        p_drop = float(cfg["objective"]["condition_dropout"])
+        n_steps = int(cfg["train"]["steps"])
+        # the very batches the trainer draws (their sizes vary: compare like with like)
+        batches = [batch_indices(i, seed=int(cfg["train"]["seed"]), batch_size=batch, n_examples=len(train_set))
+                   .tolist() for i in range(n_steps)]
+
+        def timed_steps() -> float:
+            """Mean seconds per step after the warm-up, from the collate clock readings."""
+            gaps = [b - a for a, b in zip(domain.stamps, domain.stamps[1:])][warmup:]
+            domain.stamps.clear()
+            return sum(gaps) / len(gaps)
+
+        def bare(ema: bool) -> float:
+            torch.manual_seed(0)
+            den = domain.build_denoiser(cfg, data_config).to(device)
+            objective = domain.build_objective(cfg)
+            params = list(den.parameters())
+            opt = torch.optim.AdamW(params, lr=float(cfg["train"]["lr"]), fused=True)
+            shadow = [p.detach().clone() for p in params] if ema else None
+            g = torch.Generator().manual_seed(0)
+            domain.stamps.clear()
+            for i in range(n_steps):
+                b = domain.collate([train_set[j] for j in batches[i]], data_config).to(device)
+                cond = drop_condition(b.cond, p_drop, null, generator=g)
+                loss = objective(den, b.x0, cond, generator=g)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if shadow is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(shadow, params, 1.0 - 0.999)
+            _sync(device)
+            return timed_steps()
+
+        def trainer(i: int) -> float:
+            domain.stamps.clear()
+            train(domain, cfg, tmp / f"run-{i}", device=str(device), progress=False)
+            return timed_steps()
+
+        trainer(-1)  # first call: imports, allocator, kernels
+        runs: dict[str, list[float]] = {"bare loop": [], "bare loop + EMA": [], "trainer (train())": []}
+        for i in range(repeats):  # E T B E T B ... E: each T and B sits between two references
+            runs["bare loop + EMA"].append(bare(True))
+            runs["trainer (train())"].append(trainer(i))
+            runs["bare loop"].append(bare(False))
+        runs["bare loop + EMA"].append(bare(True))
+    ref = runs["bare loop + EMA"]
+    around = [(a + b) / 2 for a, b in zip(ref, ref[1:])]  # the reference runs on both sides of repeat i
+    rows = []
+    for loop, secs in runs.items():
+        v = statistics.median(secs)
+        ratio = 1.0 if loop == "bare loop + EMA" else statistics.median(a / b for a, b in zip(secs, around))
+        rows.append({"device": str(device), "loop": loop, "ms/step": 1e3 * v,
+                     "runs (ms/step)": f"{1e3 * min(secs):.1f}-{1e3 * max(secs):.1f}", "steps/s": 1.0 / v,
+                     "examples/s": batch / v, "vs bare + EMA": ratio})
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of dicts (same keys) as a markdown table; floats with 4 significant digits."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _trainer_rows_text(rows: list[dict]) -> list[str]:
+    table_rows = []
+    for r in rows:
+        r = dict(r)
+        r["vs bare + EMA"] = f"{r['vs bare + EMA']:.3f}x"
+        table_rows.append(r)
+    return [markdown_table(table_rows)]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu, and cuda when available)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: steady timings on a shared machine; 0: torch's default)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per run (default 40)")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions (default 9)")
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(args_list)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device(args.device)] if args.device else \
+        [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    start = time.perf_counter()
+
+    sections: list[str] = []
+    rows: list[dict] = []
+    for dev in devices:
+        rows += bench_trainer(dev, steps=args.steps, repeats=args.repeats)
+    sections += ["### Trainer overhead (points2d EGNN, hidden 64, 3 layers, batch 64, float32, fused AdamW)", ""]
+    sections += _trainer_rows_text(rows)
+
+    # Generation throughput: the other half of this benchmark, when its function is in this module.
+    generation = globals().get("bench_generation")
+    if callable(generation):
+        for dev in devices:
+            out = generation(dev)
+            sections += ["", f"### Batch generation ({dev})", ""]
+            sections.append(out if isinstance(out, str) else markdown_table(out))
+
+    names = ", ".join(torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu" for d in devices)
+    text = "\n".join([
+        "## Engine: trainer overhead" + (" and batch generation" if callable(generation) else ""),
+        "",
+        f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}",
+        f"- machine: {platform.node()}, {_cpu_model()}, {os.cpu_count()} cores "
+        f"(torch threads: {torch.get_num_threads()})",
+        f"- device: {names}",
+        f"- torch {torch.__version__}",
+        f"- command: `{shlex.join(['python', 'bench/engine.py'] + args_list)}`",
+        f"- total runtime: {time.perf_counter() - start:.0f} s",
+        "",
+        *sections,
+    ])
+    print(text)
+    if not args.no_append:
+        if not RESULTS.exists():
+            RESULTS.write_text("# Benchmark results\n")
+        with RESULTS.open("a") as f:
+            f.write("\n" + text.rstrip() + "\n")
+        print(f"\nappended to {RESULTS}", file=sys.stderr)
+
+
+
+# ----------------------------------------------------------------------------- batch generation
+
+
+def _register_points2d(folder: Path) -> None:
+    """Make the points2d plugin visible to the domain registry (``sample()`` finds a checkpoint's
+    domain by its entry point): the module from its source folder, plus a minimal dist-info with the
+    entry point in ``folder``. Nothing is installed anywhere."""
+    _points2d()
+    from sciffusion.core.registry import available
+
+    if any(d.name == "points2d" for d in available()):
+        return
+    info = folder / "sciffusion_points2d-0.1.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sciffusion-points2d\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[sciffusion.domains]\npoints2d = sciffusion_points2d:PointsDomain\n")
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+
+
+def bench_generation(device: torch.device | str | None = None, *, n: int = 2048, batch: int = 256, steps: int = 20,
+                     sampler: str = "dpmpp_2m", hidden: int = 64, layers: int = 3, repeats: int = 3) -> list[dict]:
+    """Samples per second of batch generation (points2d EGNN, random weights, DPM-Solver++ 2M on
+    the Karras grid), three ways: the sampling loop alone (template, prior, sampler); plus the
+    domain's decode; and the whole ``sciffusion.core.generate.sample`` call into a temporary
+    folder (checkpoint load, decode, one CSV file per sample written atomically on the writer
+    thread, manifest parts, manifest.jsonl, run.json). Best of ``repeats`` interleaved runs.
+    Returns table rows (dicts: device, what, n, batch, steps, NFE, seconds, samples/s, vs sampling only)."""
+    _import_package()
+    import shutil
+
+    from sciffusion.core import generate as G
+    from sciffusion.core.checkpoint import load_checkpoint, save_checkpoint
+    from sciffusion.core.domain import resolve_config
+    from sciffusion.core.grids import make_grid
+    from sciffusion.core.noise import ExampleNoise
+    from sciffusion.core.registry import get_domain
+    from sciffusion.core.samplers import get_sampler, prior
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with tempfile.TemporaryDirectory(prefix="sciffusion-bench-gen-") as tmp:
+        tmp = Path(tmp)
+        _register_points2d(tmp / "site")
+        domain = get_domain("points2d")
+        cfg = resolve_config(domain, overrides=[f"model.hidden={hidden}", f"model.layers={layers}",
+                                                f"sample.sampler='{sampler}'", f"sample.steps={steps}",
+                                                f"sample.batch_size={batch}", "sample.grid='karras'",
+                                                f"sample.shard_size={batch}"])
+        data_config = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
+        torch.manual_seed(0)
+        net = domain.build_denoiser(cfg, data_config)
+        ckpt_dir = save_checkpoint(tmp / "model", model=net.state_dict(), ema=net.state_dict(),
+                                   meta={"domain": "points2d", "step": 0, "config": cfg, "data_config": data_config})
+        den = G._build_denoiser(domain, cfg, load_checkpoint(ckpt_dir), device)
+        grid = make_grid("karras", den.process, steps)
+        run_sampler = get_sampler(sampler)
+
+        def loop(decode: bool) -> float:
+            _sync(device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for i in range(0, n, batch):
+                    seeds = list(range(i, min(n, i + batch)))
+                    tpl = domain.template(seeds, cfg, data_config).to(device)
+                    noise = ExampleNoise(seeds)
+                    noise.seeds = noise.seeds.to(device)
+                    x = prior(den.process, tpl.x0, noise, t=float(grid[0]))
+                    x0 = run_sampler(den, x, grid, tpl.cond, noise=noise)
+                    if decode:
+                        domain.decode(x0, tpl.cond, data_config)
+            _sync(device)
+            return time.perf_counter() - t0
+
+        def whole(i: int) -> float:
+            folder = tmp / f"out{i}"
+            t0 = time.perf_counter()
+            res = G.sample(ckpt_dir, folder, n=n, device=str(device), progress=False)
+            secs = time.perf_counter() - t0
+            files = len(list(folder.glob("*.csv")))
+            if not files == res.files == res.generated == n:
+                raise AssertionError(f"generation wrote {files} files, expected {n}")
+            shutil.rmtree(folder)
+            return secs
+
+        calls = [0]
+        hook = den.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+        loop(False)  # warm-up (allocator, kernels), counting network evaluations
+        hook.remove()
+        nfe = calls[0] // -(-n // batch)
+        G.sample(ckpt_dir, tmp / "warm", n=batch, device=str(device), progress=False)  # warm-up
+        runs = {"sampling only (template, prior, sampler)": lambda i: loop(False),
+                "sampling + decode": lambda i: loop(True),
+                "sample(): + decode, atomic CSV writes, manifest": whole}
+        best = {k: float("inf") for k in runs}
+        for i in range(repeats):
+            for what, fn in runs.items():
+                best[what] = min(best[what], fn(i))
+    base = n / best["sampling only (template, prior, sampler)"]
+    return [{"device": str(device), "what": what, "n": n, "batch": batch, "steps": steps, "NFE": nfe,
+             "seconds": secs, "samples/s": n / secs, "vs sampling only": f"{n / secs / base:.2f}x"}
+            for what, secs in best.items()]
+
+
+if __name__ == "__main__":
+    main()

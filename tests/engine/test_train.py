@@ -1,0 +1,502 @@
+"""The trainer on the third-party points2d domain: determinism, exact resume after kill -9, DDP,
+NaN handling, schedules, EMA, accumulation, clipping, run-folder rules. CPU only, tiny models."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from sciffusion.core.checkpoint import list_checkpoints, load_checkpoint
+from sciffusion.core.domain import resolve_config
+from sciffusion.core.io import InputError
+from sciffusion.core.train import (EMA, AdaptiveClip, TrainingDiverged, batch_indices, ema_decay_at, load_denoiser,
+                                   lr_at, position_noise, train)
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _cfg(domain, data, **train_kw):
+    """A tiny, fast run: EGNN with 16 hidden units and 2 layers, batch 16, checkpoints only at the end."""
+    t = {"steps": 4, "batch_size": 16, "log_every": 1, "ckpt_every": 0, "keep_last": 0, "lr": 1e-3}
+    t.update(train_kw)
+    return resolve_config(domain, {"data": {"path": str(data)}, "model": {"hidden": 16, "layers": 2}, "train": t})
+
+
+def _log(run):
+    return [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+
+
+def _tensors(ckpt_dir, name="model.safetensors"):
+    return load_file(str(Path(ckpt_dir) / name))
+
+
+def _assert_equal(a, b, what):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs by up to {float((a[k] - b[k]).double().abs().max())}"
+
+
+class _Faulty(nn.Module):
+    """Wraps a network; multiplies its output by plan[call] on the given (1-based) forward calls."""
+
+    def __init__(self, net, plan):
+        super().__init__()
+        self.net = net
+        self.plan = plan
+        self.calls = 0
+
+    def forward(self, x, t, cond):
+        out = self.net(x, t, cond)
+        self.calls += 1
+        f = self.plan.get(self.calls)
+        return out if f is None else out.map(lambda k, v: v * f)
+
+
+def _faulty_domain(plan, nan_init=False):
+    from sciffusion_points2d import PointsDomain
+
+    class Faulty(PointsDomain):
+        def build_network(self, model_cfg, data_config):
+            net = super().build_network(model_cfg, data_config)
+            if nan_init:
+                with torch.no_grad():
+                    next(net.parameters()).fill_(float("nan"))
+            return _Faulty(net, plan)
+
+    return Faulty()
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_lr_schedule_warmup_then_cosine_and_linear():
+    t = {"lr": 1.0, "steps": 14, "warmup_steps": 4, "decay": "cosine", "min_lr_ratio": 0.1}
+    assert [lr_at(k, t) for k in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lr_at(4, t) == pytest.approx(1.0)
+    assert lr_at(9, t) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the decay
+    assert lr_at(14, t) == pytest.approx(0.1)
+    assert lr_at(6, t) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.2)))
+    lin = dict(t, decay="linear")
+    assert lr_at(9, lin) == pytest.approx(1 - 0.9 * 0.5)
+    assert lr_at(13, lin) == pytest.approx(1 - 0.9 * 0.9)
+    assert lr_at(100, dict(t, decay="none")) == 1.0
+
+
+def test_lr_in_the_log_follows_the_schedule(points2d, points_data, tmp_path):
+    cfg = _cfg(points2d, points_data, steps=6, warmup_steps=2, decay="cosine", min_lr_ratio=0.2)
+    train(points2d, cfg, tmp_path / "run", device="cpu", progress=False)
+    lrs = {r["step"]: r["lr"] for r in _log(tmp_path / "run") if "lr" in r}
+    assert sorted(lrs) == [1, 2, 3, 4, 5, 6]
+    for step, lr in lrs.items():  # the record at step s reports the rate of update s
+        assert lr == pytest.approx(lr_at(step - 1, cfg["train"]))
+    assert lrs[1] == pytest.approx(5e-4) and lrs[2] == pytest.approx(1e-3) and lrs[6] < lrs[3]
+
+
+def test_ema_decay_formula_and_update():
+    assert ema_decay_at(1, 0.999, 0) == 0.999
+    assert ema_decay_at(1, 0.999, 9) == pytest.approx(0.1)  # (1 + k) / (10 + k) at k = 0
+    assert ema_decay_at(91, 0.999, 9) == pytest.approx(0.91)
+    assert ema_decay_at(10**6, 0.999, 9) == 0.999
+    p = torch.tensor([1.0, -2.0, 4.0])
+    e = torch.zeros(3)
+    ema = EMA([p], [e], decay=0.9, warmup=3)
+    expected = torch.zeros(3, dtype=torch.float64)
+    for n in range(1, 6):
+        p += 0.5
+        good = torch.tensor(n != 3)  # the third update is a skipped (bad) step
+        ema.update(good)
+        if n != 3:
+            k = n if n < 3 else n - 1  # updates actually made
+            d = ema_decay_at(k, 0.9, 3)
+            expected = d * expected + (1 - d) * p.double()
+        assert torch.allclose(e.double(), expected, rtol=1e-6, atol=1e-7), n
+    assert float(ema.updates) == 4
+
+
+def test_ema_in_checkpoints_follows_the_formula(points2d, points_data, tmp_path):
+    cfg = _cfg(points2d, points_data, steps=2, ckpt_every=1, ema_decay=0.9, ema_warmup=3)
+    train(points2d, cfg, tmp_path / "run", device="cpu", progress=False)
+    c1, c2 = [p for _, p in list_checkpoints(tmp_path / "run")]
+    e1, e2, m2 = _tensors(c1, "ema.safetensors"), _tensors(c2, "ema.safetensors"), _tensors(c2)
+    d2 = ema_decay_at(2, 0.9, 3)  # = 0.4
+    for k in m2:
+        assert torch.allclose(e2[k], d2 * e1[k] + (1 - d2) * m2[k], rtol=1e-5, atol=1e-7), k
+    assert not all(torch.equal(e2[k], m2[k]) for k in m2)
+
+
+def test_adaptive_clip_threshold_and_engagement():
+    clip = AdaptiveClip(window=4, start=3)
+    assert math.isinf(float(clip.threshold()))
+    for v in (1.0, 1.2):
+        clip.push(torch.tensor(v))
+    assert math.isinf(float(clip.threshold()))  # not engaged before `start` good norms
+    clip.push(torch.tensor(float("nan")), good=torch.tensor(False))  # bad steps do not count
+    assert math.isinf(float(clip.threshold()))
+    for v in (1.4, 1.6, 1.8):  # window 4: 1.2, 1.4, 1.6, 1.8 remain
+        clip.push(torch.tensor(v))
+    h = torch.tensor([1.2, 1.4, 1.6, 1.8], dtype=torch.float64)
+    assert float(clip.threshold()) == pytest.approx(float(1.5 * h.mean() + 2 * h.std()))
+
+
+def test_adaptive_clip_engages_on_a_gradient_spike(points2d, points_data, tmp_path):
+    dom = _faulty_domain({12: 300.0})
+    cfg = _cfg(dom, points_data, steps=14, log_every=14, adaptive_clip=True, adaptive_clip_start=5)
+    res = train(dom, cfg, tmp_path / "clip", device="cpu", progress=False)
+    assert res.metrics["clipped_steps"] >= 1 and res.metrics["bad_steps"] == 0
+    ref = train(points2d, _cfg(points2d, points_data, steps=14, log_every=14, adaptive_clip=True,
+                               adaptive_clip_start=5), tmp_path / "plain", device="cpu", progress=False)
+    assert ref.metrics["clipped_steps"] == 0
+    state = _tensors(res.checkpoint, "state.safetensors")
+    assert int(state["extra/clip/pushed"]) == 14 and torch.isfinite(state["extra/clip/history"]).all()
+
+
+def test_position_noise_depends_on_the_example_alone():
+    from sciffusion.core import State, ZeroMean
+
+    sizes = torch.tensor([3, 5, 4, 6, 2])
+    index = torch.repeat_interleave(torch.arange(5), sizes)
+    x = State({"pos": torch.zeros(int(sizes.sum()), 2), "h": torch.zeros(5, 3, 2)}, 5, index={"pos": index},
+              spaces={"pos": ZeroMean()})
+    positions = torch.tensor([100, 101, 102, 103, 104])
+    z = position_noise(x, positions, key=7)
+    part = x.select([1, 3])  # a DDP slice or a micro-batch holding examples 1 and 3
+    zp = position_noise(part, positions[[1, 3]], key=7)
+    for k in ("pos", "h"):
+        assert torch.equal(zp[k], z.select([1, 3])[k]), k
+    assert not torch.equal(position_noise(x, positions, key=8)["h"], z["h"])
+    assert not torch.equal(position_noise(x, positions + 5, key=7)["h"], z["h"])
+    assert torch.allclose(torch.zeros(5, 2), torch.zeros(5, 2).index_add(0, index, z["pos"]), atol=1e-6)  # ZeroMean
+    big = position_noise(State({"x": torch.zeros(40000, 4, dtype=torch.float64)}, 40000), torch.arange(40000), 3)["x"]
+    assert abs(float(big.mean())) < 0.01 and abs(float(big.var()) - 1) < 0.02 and abs(float((big**4).mean()) - 3) < 0.1
+    assert float(torch.corrcoef(big.T).sub(torch.eye(4)).abs().max()) < 0.03
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_batches_follow_batch_indices_and_cover_each_epoch_once(points2d_env, points_data, tmp_path):
+    from sciffusion_points2d import PointsDomain
+
+    examples = PointsDomain().load_dataset({"path": str(points_data), "valid_every": 10}, "train")
+    index_of = {e["points"].tobytes(): i for i, e in enumerate(examples)}
+    assert len(index_of) == len(examples) == 270
+    seen = []
+
+    class Recording(PointsDomain):
+        def collate(self, examples, data_config):
+            seen.append([index_of[e["points"].tobytes()] for e in examples])
+            return super().collate(examples, data_config)
+
+    dom = Recording()
+    train(dom, _cfg(dom, points_data, steps=9, batch_size=64, grad_accum=2, seed=3), tmp_path / "run", device="cpu",
+          progress=False)
+    assert len(seen) == 18 and all(len(m) == 32 for m in seen)  # two micro-batches per step
+    flat = [i for micro in seen for i in micro]
+    assert flat == [int(i) for k in range(9) for i in batch_indices(k, seed=3, batch_size=64, n_examples=270)]
+    assert sorted(flat[:270]) == list(range(270)) and sorted(flat[270:540]) == list(range(270))  # epochs
+    assert flat[:270] != flat[270:540]  # a new permutation every epoch
+
+
+def test_loss_decreases(points2d, points_data, tmp_path):
+    cfg = _cfg(points2d, points_data, steps=150, batch_size=32, log_every=25, val_every=150, val_batches=1,
+               lr=3e-3, warmup_steps=10, decay="cosine", ema_decay=0.95)
+    res = train(points2d, cfg, tmp_path / "run", device="cpu", progress=False)
+    log = _log(tmp_path / "run")
+    val = [r for r in log if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 150]
+    assert val[1]["val_loss"] < 0.75 * val[0]["val_loss"], val
+    assert val[1]["val_loss_ema"] < 0.75 * val[0]["val_loss_ema"], val
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+    assert res.step == 150 and res.metrics["val_loss"] == val[1]["val_loss"]
+    assert load_checkpoint(res.checkpoint).meta["metrics"]["val_loss"] == val[1]["val_loss"]
+
+
+def test_gradient_accumulation_equals_one_big_batch(points2d, points_data, tmp_path):
+    a = train(points2d, _cfg(points2d, points_data, steps=3, batch_size=32, grad_accum=1), tmp_path / "a",
+              device="cpu", progress=False)
+    b = train(points2d, _cfg(points2d, points_data, steps=3, batch_size=32, grad_accum=2), tmp_path / "b",
+              device="cpu", progress=False)
+    wa, wb = _tensors(a.checkpoint), _tensors(b.checkpoint)
+    w0 = _tensors(train(points2d, _cfg(points2d, points_data, steps=0), tmp_path / "init", device="cpu",
+                        progress=False).checkpoint)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=2e-6, rtol=1e-5), k
+    assert any(not torch.equal(wa[k], w0[k]) for k in wa)  # it did train
+
+
+def test_data_workers_change_nothing(points2d, points_data, tmp_path):
+    a = train(points2d, _cfg(points2d, points_data, steps=3, grad_accum=2), tmp_path / "a", device="cpu",
+              progress=False)
+    b = train(points2d, _cfg(points2d, points_data, steps=3, grad_accum=2, num_workers=2), tmp_path / "b",
+              device="cpu", progress=False)
+    _assert_equal(_tensors(a.checkpoint), _tensors(b.checkpoint), "num_workers=2 vs 0")
+
+
+def test_in_process_resume_is_exact_and_steps_may_be_raised(points2d, points_data, tmp_path):
+    kw = dict(adaptive_clip=True, adaptive_clip_start=2, grad_clip=0.5, warmup_steps=2, ema_warmup=3)
+    straight = train(points2d, _cfg(points2d, points_data, steps=6, **kw), tmp_path / "a", device="cpu",
+                     progress=False)
+    run = tmp_path / "b"
+    first = train(points2d, _cfg(points2d, points_data, steps=3, **kw), run, device="cpu", progress=False)
+    assert first.step == 3
+    again = train(points2d, _cfg(points2d, points_data, steps=3, **kw), run, device="cpu", progress=False)
+    assert again.step == 3 and again.checkpoint == first.checkpoint  # nothing left to do
+    resumed = train(points2d, _cfg(points2d, points_data, steps=6, **kw, log_every=2), run, device="cpu",
+                    progress=False)
+    assert resumed.step == 6
+    for name in ("model.safetensors", "ema.safetensors"):
+        _assert_equal(_tensors(straight.checkpoint, name), _tensors(resumed.checkpoint, name), name)
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+    events = [r["event"] for r in _log(run) if "event" in r]
+    assert events == ["start", "resume"]
+
+
+def _write_script(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+_SLOW_SCRIPT = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from sciffusion_points2d import PointsDomain
+from sciffusion.core.train import train
+
+class Slow(PointsDomain):  # a slow data pipeline, so that the kill lands mid-run
+    def collate(self, examples, data_config):
+        time.sleep(0.03)
+        return super().collate(examples, data_config)
+
+train(Slow(), json.loads(sys.argv[1]), sys.argv[2], device="cpu", progress=False)
+"""
+
+
+def test_kill_9_and_resume_is_bitwise_identical(points2d, points2d_env, points_data, tmp_path):
+    cfg = _cfg(points2d, points_data, steps=24, ckpt_every=4, keep_last=2, log_every=2, val_every=8,
+               val_batches=1, warmup_steps=3, decay="cosine", min_lr_ratio=0.1, adaptive_clip=True,
+               adaptive_clip_start=3, grad_clip=0.5, ema_warmup=5, grad_accum=2)
+    cfg["objective"]["condition_dropout"] = 0.3
+    script = _write_script(tmp_path / "slow.py", _SLOW_SCRIPT)
+    env = points2d_env
+
+    # the uninterrupted reference runs here (the slow pipeline only sleeps: same batches, same numbers)
+    train(points2d, cfg, tmp_path / "straight", device="cpu", progress=False)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(cfg), str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    target = killed / "checkpoints" / "step-00000012"
+    deadline = time.monotonic() + 90
+    while not target.is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the step-12 checkpoint never appeared"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    proc.stderr.close()
+    steps_at_kill = [s for s, _ in list_checkpoints(killed)]
+    assert 24 not in steps_at_kill and 12 in steps_at_kill
+
+    r = subprocess.run([sys.executable, str(script), json.dumps(cfg), str(killed)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    a = tmp_path / "straight" / "checkpoints" / "step-00000024"
+    b = killed / "checkpoints" / "step-00000024"
+    for name in ("model.safetensors", "ema.safetensors", "state.safetensors"):
+        _assert_equal(_tensors(a, name), _tensors(b, name), name)
+    assert [s for s, _ in list_checkpoints(killed)] == [20, 24]  # keep_last
+    assert not list(killed.rglob(".*.tmp"))  # nothing half-written is left
+    # the resumed log has every record exactly once, with the same values
+    la, lb = _log(tmp_path / "straight"), _log(killed)
+    key = lambda log: [(r["step"], r.get("loss"), r.get("grad_norm"), r.get("val_loss")) for r in log  # noqa: E731
+                       if "loss" in r or "val_loss" in r]
+    assert key(la) == key(lb)
+    assert [r["event"] for r in lb if "event" in r] == ["start", "resume"]
+
+
+_DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from sciffusion.core.train import train
+
+res = train("points2d", json.loads(sys.argv[1]), sys.argv[2], device="cpu", progress=False)
+Path(sys.argv[3], "rank-" + os.environ["RANK"]).write_text(f"{res.step} {res.checkpoint.name}")
+"""
+
+
+def test_ddp_two_processes_equal_one_process(points2d, points2d_env, points_data, tmp_path):
+    cfg = _cfg(points2d, points_data, steps=4, batch_size=16, grad_accum=2, ckpt_every=2, log_every=2)
+    script = _write_script(tmp_path / "ddp.py", _DDP_SCRIPT)
+    r = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", "--standalone", str(script), json.dumps(cfg),
+                        str(tmp_path / "ddp"), str(tmp_path)], env=points2d_env, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for rank in (0, 1):  # both ranks finished and agree on the result
+        assert (tmp_path / f"rank-{rank}").read_text() == "4 step-00000004"
+    single_cfg = dict(cfg, train=dict(cfg["train"], grad_accum=1))
+    single = train(points2d, single_cfg, tmp_path / "single", device="cpu", progress=False)
+    ddp_ckpt = tmp_path / "ddp" / "checkpoints" / "step-00000004"
+    assert load_checkpoint(ddp_ckpt).meta["train"]["world_size"] == 2
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = _tensors(single.checkpoint, name), _tensors(ddp_ckpt, name)
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (name, k, float((a[k] - b[k]).abs().max()))
+    log = _log(tmp_path / "ddp")
+    assert [r["step"] for r in log if "loss" in r] == [2, 4]  # one writer
+
+
+# ----------------------------------------------------------------------------- non-finite steps
+
+
+def test_a_nan_step_is_skipped(points2d_env, points_data, tmp_path):
+    run = tmp_path / "run"
+    dom = _faulty_domain({3: float("nan")})
+    train(dom, _cfg(dom, points_data, steps=3, ckpt_every=1), run, device="cpu", progress=False)
+    c = {s: p for s, p in list_checkpoints(run)}
+    assert sorted(c) == [1, 2, 3]  # the last step is always saved (its weights are those of step 2)
+    for name in ("model.safetensors", "ema.safetensors"):
+        _assert_equal(_tensors(c[2], name), _tensors(c[3], name), f"bad step 3 changed {name}")
+    s2, s3 = _tensors(c[2], "state.safetensors"), _tensors(c[3], "state.safetensors")
+    steps = [k for k in s2 if k.startswith("optimizer/") and k.endswith("/step")]
+    assert steps and all(torch.equal(s2[k], s3[k]) for k in steps)  # AdamW's step count did not move
+    assert int(s3["extra/bad/total"]) == 1 and int(s3["extra/bad/run"]) == 1
+    # training goes on after a bad step: resume with healthy batches (and a checkpoint cadence that a
+    # bad run would skip)
+    res = train(_faulty_domain({}), _cfg(dom, points_data, steps=5, ckpt_every=1), run, device="cpu",
+                progress=False)
+    assert res.step == 5 and res.metrics["bad_steps"] == 1
+    assert not torch.equal(_tensors(c[3])["net.inp.weight"], _tensors(res.checkpoint)["net.inp.weight"])
+    log = [r for r in _log(run) if "loss" in r]
+    assert [r["bad_steps"] for r in log] == [0, 0, 1, 1, 1]
+    assert [r["loss"] is None for r in log] == [False, False, True, False, False]
+
+
+def test_no_checkpoint_inside_a_run_of_bad_steps(points2d_env, points_data, tmp_path):
+    dom = _faulty_domain({2: float("nan"), 3: float("nan")})
+    train(dom, _cfg(dom, points_data, steps=5, ckpt_every=1), tmp_path / "run", device="cpu", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1, 4, 5]
+    skipped = [r["step"] for r in _log(tmp_path / "run") if r.get("event") == "checkpoint_skipped"]
+    assert skipped == [2, 3]
+
+
+def test_consecutive_nan_steps_stop_with_the_last_good_checkpoint(points2d_env, points_data, tmp_path):
+    dom = _faulty_domain({k: float("nan") for k in range(7, 100)})
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as e:
+        train(dom, _cfg(dom, points_data, steps=30, ckpt_every=2, max_bad_steps=3), run, device="cpu",
+              progress=False)
+    msg = str(e.value)
+    assert "3 consecutive" in msg and "at step 9" in msg and "step-00000006" in msg and str(run) in msg, msg
+    assert isinstance(e.value, InputError)
+    assert [s for s, _ in list_checkpoints(run)] == [2, 4, 6]
+    den, ckpt = load_denoiser(run, _faulty_domain({}))
+    assert ckpt.step == 6 and all(torch.isfinite(p).all() for p in den.parameters())
+    assert _log(run)[-1]["event"] == "diverged"
+
+
+def test_non_finite_weights_are_never_checkpointed(points2d_env, points_data, tmp_path):
+    dom = _faulty_domain({}, nan_init=True)
+    with pytest.raises(TrainingDiverged, match="weights became non-finite; no checkpoint was saved"):
+        train(dom, _cfg(dom, points_data, steps=2, ckpt_every=1, max_bad_steps=0), tmp_path / "run",
+              device="cpu", progress=False)
+    assert list_checkpoints(tmp_path / "run") == []
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def test_keep_last_checkpoints(points2d, points_data, tmp_path):
+    train(points2d, _cfg(points2d, points_data, steps=5, ckpt_every=1, keep_last=2), tmp_path / "run",
+          device="cpu", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [4, 5]
+    meta = load_checkpoint(tmp_path / "run").meta
+    assert meta["domain"] == "points2d" and meta["step"] == 5 and meta["data_config"]["label_counts"]
+    assert meta["config"]["train"]["keep_last"] == 2 and "loss" in meta["metrics"]
+
+
+def test_resume_with_a_changed_config_is_refused(points2d, points_data, tmp_path):
+    run = tmp_path / "run"
+    train(points2d, _cfg(points2d, points_data, steps=2), run, device="cpu", progress=False)
+    changed = _cfg(points2d, points_data, steps=4, lr=2e-3)
+    changed["model"]["hidden"] = 32
+    with pytest.raises(InputError) as e:
+        train(points2d, changed, run, device="cpu", progress=False)
+    msg = str(e.value)
+    assert str(run) in msg and "train.lr" in msg and "model.hidden" in msg and "train.steps:" not in msg, msg
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(points2d, _cfg(points2d, points_data, steps=4), run, device="cpu", resume=False, progress=False)
+    # steps and cadence may change
+    res = train(points2d, _cfg(points2d, points_data, steps=4, log_every=2, ckpt_every=1, keep_last=3), run,
+                device="cpu", progress=False)
+    assert res.step == 4
+
+
+def test_bad_input_is_a_clear_error(points2d, points2d_env, points_data, tmp_path):
+    from sciffusion_points2d import PointsDomain
+
+    class Empty(PointsDomain):
+        def load_dataset(self, data_cfg, split):
+            return []
+
+    with pytest.raises(InputError, match="training split is empty"):
+        train(Empty(), _cfg(points2d, points_data), tmp_path / "empty", device="cpu", progress=False)
+    assert not (tmp_path / "empty").exists()  # nothing half-written
+    with pytest.raises(InputError, match=r"batch_size=500 is larger than the training set \(270 examples"):
+        train(points2d, _cfg(points2d, points_data, batch_size=500), tmp_path / "big", device="cpu", progress=False)
+    with pytest.raises(InputError, match="train.decay"):
+        train(points2d, _cfg(points2d, points_data, decay="exp"), tmp_path / "x", device="cpu", progress=False)
+    with pytest.raises(InputError, match="grad_accum=32 exceeds"):
+        train(points2d, _cfg(points2d, points_data, grad_accum=32), tmp_path / "x", device="cpu", progress=False)
+    with pytest.raises(InputError, match="train.lr"):
+        train(points2d, _cfg(points2d, points_data, lr=-1.0), tmp_path / "x", device="cpu", progress=False)
+    with pytest.raises(InputError, match="condition_dropout"):
+        cfg = _cfg(points2d, points_data)
+        cfg["objective"]["condition_dropout"] = 1.5
+        train(points2d, cfg, tmp_path / "x", device="cpu", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_sample_metrics_are_logged_and_checkpointed(points2d, points_data, tmp_path):
+    cfg = _cfg(points2d, points_data, steps=2, sample_every=2, sample_n=6)
+    cfg["sample"].update({"steps": 4, "guidance": 1.0, "batch_size": 4})
+    res = train(points2d, cfg, tmp_path / "run", device="cpu", progress=False)
+    assert res.metrics["sample/n"] == 6.0 and 0.0 <= res.metrics["sample/valid"] <= 1.0
+    assert load_checkpoint(res.checkpoint).meta["metrics"]["sample/n"] == 6.0
+    assert any("sample/shape_error" in r for r in _log(tmp_path / "run"))
+    den, _ = load_denoiser(tmp_path / "run")
+    ema = _tensors(res.checkpoint, "ema.safetensors")
+    _assert_equal({k: v for k, v in den.network.state_dict().items()}, ema, "load_denoiser uses the EMA")
+
+
+@pytest.mark.slow
+def test_ddp_resume_loads_the_same_checkpoint_on_every_rank(points2d, points2d_env, points_data, tmp_path):
+    script = _write_script(tmp_path / "ddp.py", _DDP_SCRIPT)
+
+    def torchrun(cfg, out):
+        r = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", "--standalone", str(script), json.dumps(cfg), str(out),
+                            str(tmp_path)], env=points2d_env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    cfg = _cfg(points2d, points_data, steps=4, batch_size=16, ckpt_every=2, adaptive_clip=True, adaptive_clip_start=2,
+               warmup_steps=2, decay="cosine")
+    torchrun(cfg, tmp_path / "straight")
+    torchrun(dict(cfg, train=dict(cfg["train"], steps=2)), tmp_path / "resumed")  # (still in the warm-up)
+    torchrun(cfg, tmp_path / "resumed")
+    a = tmp_path / "straight" / "checkpoints" / "step-00000004"
+    b = tmp_path / "resumed" / "checkpoints" / "step-00000004"
+    for name in ("model.safetensors", "ema.safetensors"):
+        _assert_equal(_tensors(a, name), _tensors(b, name), name)
+    assert [r["event"] for r in _log(tmp_path / "resumed") if "event" in r] == ["start", "resume"]
