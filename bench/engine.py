@@ -48,6 +48,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 PLUGIN = ROOT / "tests" / "plugins" / "points2d"
@@ -214,14 +217,6 @@ def _trainer_rows_text(rows: list[dict]) -> list[str]:
     return [markdown_table(table_rows)]
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         "## Engine: trainer overhead" + (" and batch generation" if callable(generation) else ""),
         "",
         f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}",
-        f"- machine: {platform.node()}, {_cpu_model()}, {os.cpu_count()} cores "
+        f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores "
         f"(torch threads: {torch.get_num_threads()})",
         f"- device: {names}",
         f"- torch {torch.__version__}",

@@ -41,6 +41,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -635,15 +638,6 @@ def section_throughput(cfg: Config, device: torch.device, log) -> str:
 # ----------------------------------------------------------------------------- report
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def header_lines(device: torch.device, argv: list[str]) -> list[str]:

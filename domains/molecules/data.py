@@ -506,6 +506,18 @@ def _is_float(tok: str) -> bool:
         return False
 
 
+def _files_in(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """A file, or the files of a folder with one of ``suffixes`` (sorted by name)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise InputError(f"{path}: folder holds no {' or '.join(sorted(set(suffixes)))} files")
+        return files
+    if path.is_file():
+        return [path]
+    raise InputError(f"{path}: no such file or folder")
+
+
 def load_xyz(path, elements=None, max_atoms: int | None = None, skip_bad: bool = False) -> tuple[list[Molecule], list[str]]:
     """Molecules from a standard XYZ file (frames of: atom count line, comment line, then one
     ``symbol x y z`` line per atom, Angstrom; extra columns ignored; symbols or atomic numbers), or
@@ -515,14 +527,7 @@ def load_xyz(path, elements=None, max_atoms: int | None = None, skip_bad: bool =
     outside ``elements``, more than ``max_atoms`` atoms."""
     path = Path(path)
     allowed = _norm_elements(elements)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".xyz" and p.is_file())
-        if not files:
-            raise InputError(f"{path}: folder holds no .xyz files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InputError(f"{path}: no such file or folder")
+    files = _files_in(path, (".xyz",))
     out, skipped = [], []
     for f in files:
         col = _Collector(f, skip_bad)
@@ -614,14 +619,7 @@ def load_user_dataset(path, elements=None, max_atoms: int | None = None, skip_ba
     a folder: every ``.xyz`` and SDF file in it, sorted by name. Returns (molecules, skipped
     reasons); raises InputError when nothing usable remains."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in XYZ_SUFFIXES + SDF_SUFFIXES)
-        if not files:
-            raise InputError(f"{path}: folder holds no .xyz or .sdf files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise InputError(f"{path}: no such file or folder")
+    files = _files_in(path, XYZ_SUFFIXES + SDF_SUFFIXES)
     out, skipped = [], []
     for f in files:
         suf = f.suffix.lower()
