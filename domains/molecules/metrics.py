@@ -286,6 +286,9 @@ def evaluate_molecules(molecules: list[Molecule], reference=None, train_smiles=N
     Returns a flat dict: n_molecules, n_atoms, atom_stability, molecule_stability, validity,
     validity_strict, uniqueness, valid_and_unique, novelty, validity_xyz2mol, atom_type_tv,
     bond_type_tv, bond_length_w1 (units in the module docstring)."""
+    from rdkit import rdBase
+
+    _quiet = rdBase.BlockLogs()  # sanitisation failures are what we count, not news for stderr  # noqa: F841
     molecules = list(molecules)
     bonds = bond_matrices(molecules)
     out: dict = {"n_molecules": len(molecules), "n_atoms": int(sum(m.num_atoms for m in molecules))}

@@ -16,8 +16,9 @@ from .types import Molecule
 def rdkit_molecule(molecule: Molecule, bonds: np.ndarray | None = None, sanitize: bool = True):
     """An RDKit molecule with the inferred bonds and the 3D conformer; sanitised when the chemistry
     allows (otherwise returned unsanitised with its property cache updated leniently)."""
-    from rdkit import Chem
+    from rdkit import Chem, rdBase
 
+    _quiet = rdBase.BlockLogs()  # a failed sanitisation is expected for some generated molecules  # noqa: F841
     mol = to_rdkit(molecule, bond_matrix(molecule) if bonds is None else bonds)
     for atom in mol.GetAtoms():
         atom.SetNoImplicit(True)  # every hydrogen is explicit
@@ -71,9 +72,10 @@ def write_xyz(path: str | Path, molecules: Sequence[Molecule], comments: Sequenc
 def draw_grid(path: str | Path, molecules: Sequence[Molecule], legends: Sequence[str] | None = None,
               columns: int = 5, size: int = 220) -> Path:
     """A PNG grid of 2D depictions (hydrogens hidden where the molecule sanitises)."""
-    from rdkit import Chem
+    from rdkit import Chem, rdBase
     from rdkit.Chem import AllChem, Draw
 
+    _quiet = rdBase.BlockLogs()  # noqa: F841
     mols = []
     for m in molecules:
         mol = rdkit_molecule(m)
