@@ -2,6 +2,9 @@
 inverse (``mel``), the evaluation classifier (``classifier``) and DiffWave-style metrics (``metrics``).
 See docs/audio.md."""
 
+from .domain import AudioDomain
+from .output import save_spectrograms, spectrogram_png
+from .unet import MelUNet, build_unet
 from .classifier import MelClassifier, MelCNN, load_classifier, train_classifier
 from .data import (AUDIO_EXTENSIONS, FSDD_PATTERN, FSDD_SPLIT, AudioClips, EveryKSplit, GroupSplit, crop_or_pad,
                    fsdd_root, load_audio_file, load_audio_folder, load_fsdd)
@@ -11,7 +14,8 @@ from .metrics import (accuracy, am_score, evaluate_samples, fid, frechet_distanc
                       kmeans, log_spectral_distance, mel_cepstral_distortion, modified_inception_score, ndb_k,
                       per_class_fid, spectral_convergence)
 
-__all__ = ["MelClassifier", "MelCNN", "load_classifier", "train_classifier",
+__all__ = ["AudioDomain", "MelUNet", "build_unet", "save_spectrograms", "spectrogram_png",
+           "MelClassifier", "MelCNN", "load_classifier", "train_classifier",
            "AUDIO_EXTENSIONS", "FSDD_PATTERN", "FSDD_SPLIT", "AudioClips", "EveryKSplit", "GroupSplit", "crop_or_pad",
            "fsdd_root", "load_audio_file", "load_audio_folder", "load_fsdd",
            "DEFAULT_MEL", "MelConfig", "MelConfigMismatch", "denormalise_mel", "mel_filterbank", "mel_to_linear",

@@ -1,0 +1,368 @@
+"""The audio domain: class-conditional diffusion of fixed-length log-mel spectrograms, vocoded with
+Griffin-Lim, on FSDD (the default data) or a user's folder of WAV/FLAC.
+
+State per batch (dense): ``mel`` (B, 1, n_mels, frames), normalised log-mel in [-1, 1] of the
+frozen ``MelConfig`` (saved in the data config, checked whenever the model meets audio or mels).
+cond: ``{"label": (B,) int64}`` indices into the data config's ``label_names``; index
+``len(label_names)`` is the null label (classifier-free guidance); None for an unlabelled model.
+
+Objects (``decode`` / ``read``): dicts ``{"wave": float32 ndarray, "sample_rate": int, "label": int
+(-1 unknown), "label_name": str | None, "mel": ndarray | None}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...core.domain import Batch, Domain
+from ...core.io import InputError, atomic_path
+from ...core.state import State
+from .data import FSDD_PATTERN, FSDD_SPLIT, EveryKSplit, GroupSplit, fsdd_root, load_audio_folder
+from .mel import MelConfig, MelConfigMismatch, mel_to_waveform, num_frames, waveform_to_mel
+
+CLASSIFIER_STEPS = 800
+
+
+def _label_key(value) -> str | None:
+    return None if value is None else str(value)
+
+
+class AudioDomain(Domain):
+    name = "audio"
+    description = "Audio clips as log-mel spectrograms (class-conditional 2-D U-Net, Griffin-Lim; FSDD or WAV/FLAC folders)"
+    file_suffix = ".wav"
+
+    def __init__(self):
+        self._decode_opts: dict = {}
+
+    def defaults(self) -> dict:
+        return {
+            "data": {"path": "", "label_pattern": FSDD_PATTERN, "labels_csv": "", "sample_rate": 8000,
+                     "seconds": 1.0, "split_every": 10, "split_group": "", "split_test_values": [],
+                     "skip_bad": False, "downmix": False, "mel": {}},
+            "model": {"network": "unet", "channels": 32, "mults": [1, 2, 2], "res_blocks": 1, "emb_dim": 0,
+                      "dropout": 0.0},
+            "process": {"name": "vp_cosine"},
+            "objective": {"prediction": "eps", "condition_dropout": 0.1},
+            "train": {"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999, "steps": 20000, "bf16": False,
+                      "ckpt_every": 1000, "log_every": 100, "grad_clip": 1.0},
+            "sample": {"sampler": "dpmpp_2m", "steps": 50, "batch_size": 64, "shard_size": 100, "label": -1,
+                       "griffin_lim_iters": 32},
+        }
+
+    # ------------------------------------------------------------------ mel configuration
+    @staticmethod
+    def mel_config(cfg_or_data_config: dict) -> MelConfig:
+        """The MelConfig of a data config (``{"mel": {...}}``) or of a run config (``data.sample_rate``
+        and the ``data.mel`` overrides)."""
+        d = cfg_or_data_config
+        if "mel" in d and isinstance(d["mel"], dict) and "n_fft" in d["mel"] and "data" not in d:
+            return MelConfig.from_dict(d["mel"])
+        data = d.get("data", d)
+        sr = int(data.get("sample_rate", 8000))
+        fields = {"sample_rate": sr, "f_max": float(min(4000.0, sr / 2))}
+        fields.update(data.get("mel") or {})
+        try:
+            return MelConfig.from_dict(fields)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"audio: invalid data.mel settings {data.get('mel')}: {e}") from None
+
+    def check_mel(self, data_config: dict, other: MelConfig | dict, where: str = "") -> MelConfig:
+        """Raise ``MelConfigMismatch`` unless ``other`` equals the model's (data config's) MelConfig."""
+        mine = self.mel_config(data_config)
+        mine.check_compatible(other, where or "the model's mel settings vs the given ones")
+        return mine
+
+    def mels(self, waves: torch.Tensor, data_config: dict, mel_config: MelConfig | dict | None = None) -> torch.Tensor:
+        """Normalised mels (B, n_mels, frames) of waveforms (B, L) at the model's rate; a given
+        ``mel_config`` (what the caller believes the settings are) must equal the model's."""
+        cfg = self.mel_config(data_config)
+        if mel_config is not None:
+            cfg.check_compatible(mel_config, "the model's mel settings vs the given ones")
+        return waveform_to_mel(torch.as_tensor(waves, dtype=torch.float32), cfg)
+
+    # ------------------------------------------------------------------ data
+    def _split_rule(self, data_cfg: dict, pattern: str | None):
+        group = data_cfg.get("split_group") or ""
+        if group:
+            if not pattern:
+                raise InputError("audio: data.split_group needs a data.label_pattern with that named group")
+            return GroupSplit(pattern, group, frozenset(str(v) for v in data_cfg.get("split_test_values") or []))
+        if pattern == FSDD_PATTERN and not data_cfg.get("labels_csv"):
+            return FSDD_SPLIT
+        return EveryKSplit(max(1, int(data_cfg.get("split_every", 10))), 0)
+
+    def load_dataset(self, data_cfg: dict, split: str) -> list[dict]:
+        sr = int(data_cfg.get("sample_rate", 8000))
+        seconds = float(data_cfg.get("seconds", 1.0))
+        if not seconds > 0:
+            raise InputError(f"audio: data.seconds must be positive, got {seconds!r}")
+        length = int(round(seconds * sr))
+        root = data_cfg.get("path") or ""
+        if not root:
+            root = fsdd_root()
+            if root is None:
+                raise InputError("audio: data.path is empty and the Free Spoken Digit Dataset was not found "
+                                 "(set SCIFFUSION_FSDD to its folder, place it at ../shared/data/fsdd/recordings, "
+                                 "or give data.path=FOLDER of WAV/FLAC files)")
+        pattern = data_cfg.get("label_pattern") or None
+        csv = data_cfg.get("labels_csv") or None
+        part = {"train": "train", "valid": "test", "test": "test"}.get(split)
+        if part is None:
+            raise ValueError(f"audio: unknown split {split!r}")
+        every = int(data_cfg.get("split_every", 10))
+        rule = self._split_rule(data_cfg, pattern)
+        if isinstance(rule, EveryKSplit) and every <= 1 and part == "test":
+            return []
+        try:
+            clips = load_audio_folder(root, sr, label_pattern=pattern, labels_csv=csv,
+                                      split=None if (isinstance(rule, EveryKSplit) and every <= 1) else part,
+                                      split_rule=rule, length=length, downmix=bool(data_cfg.get("downmix")),
+                                      skip_bad=bool(data_cfg.get("skip_bad")))
+        except InputError as e:
+            if part == "test" and "no usable audio files" in str(e):
+                return []
+            raise
+        names = clips.label_names
+        out = []
+        for i in range(len(clips)):
+            lab = names[int(clips.labels[i])] if clips.labels is not None else None
+            out.append({"wave": clips.waves[i], "label": lab, "sample_rate": sr, "file": str(clips.files[i])})
+        return out
+
+    def data_config(self, train_examples: Sequence[dict], cfg: dict) -> dict:
+        if not train_examples:
+            raise InputError("audio: the training split is empty")
+        data_cfg = cfg.get("data", {})
+        mel = self.mel_config(cfg)
+        samples = int(train_examples[0]["wave"].shape[-1])
+        labels = [e["label"] for e in train_examples]
+        if any(lab is None for lab in labels):
+            names, counts = [], []
+        else:
+            names = sorted(set(labels))
+            counts = [labels.count(n) for n in names]
+        return {
+            "source": "fsdd" if not data_cfg.get("path") else str(data_cfg["path"]),
+            "mel": mel.to_dict(),
+            "sample_rate": mel.sample_rate,
+            "samples": samples,
+            "seconds": samples / mel.sample_rate,
+            "n_mels": mel.n_mels,
+            "frames": num_frames(samples, mel),
+            "label_names": names,
+            "label_counts": counts,
+        }
+
+    def collate(self, examples: Sequence[dict], data_config: dict) -> Batch:
+        mel_cfg = self.mel_config(data_config)
+        L = int(data_config["samples"])
+        waves = []
+        for e in examples:
+            if int(e.get("sample_rate", mel_cfg.sample_rate)) != mel_cfg.sample_rate:
+                raise MelConfigMismatch(f"audio: clip {e.get('file', '')} is at {e['sample_rate']} Hz, the model's mel "
+                                        f"settings expect {mel_cfg.sample_rate} Hz")
+            if "mel_config" in e:
+                mel_cfg.check_compatible(e["mel_config"], f"clip {e.get('file', '')} vs the model")
+            w = torch.as_tensor(e["wave"], dtype=torch.float32).reshape(-1)
+            if w.shape[0] != L:
+                raise InputError(f"audio: clip {e.get('file', '')} has {w.shape[0]} samples, the model uses {L}")
+            waves.append(w)
+        mel = waveform_to_mel(torch.stack(waves), mel_cfg).unsqueeze(1)
+        x0 = State.dense(mel=mel)
+        names = data_config.get("label_names") or []
+        if not names:
+            return Batch(x0, None)
+        index = {n: i for i, n in enumerate(names)}
+        try:
+            lab = torch.tensor([index[_label_key(e["label"])] for e in examples], dtype=torch.long)
+        except KeyError as err:
+            raise InputError(f"audio: label {err.args[0]!r} is not one of the model's labels {names}") from None
+        return Batch(x0, {"label": lab})
+
+    # ------------------------------------------------------------------ model
+    def build_network(self, model_cfg: dict, data_config: dict) -> torch.nn.Module:
+        kind = (model_cfg or {}).get("network", "unet")
+        if kind != "unet":
+            raise InputError(f"audio: unknown model.network '{kind}' (use 'unet')")
+        from .unet import build_unet
+
+        return build_unet(model_cfg, len(data_config.get("label_names") or []))
+
+    def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
+        names = data_config.get("label_names") or []
+        return {"label": len(names)} if names else None
+
+    # ------------------------------------------------------------------ generation
+    def sample_labels(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> list[int]:
+        """Label index per seed: ``sample.label`` (an index or a label name) for all, or with -1 each
+        seed's own draw from the training label counts."""
+        names = data_config.get("label_names") or []
+        want = (cfg.get("sample") or {}).get("label", -1)
+        if isinstance(want, str) and want not in ("", "-1"):
+            if want in names:
+                return [names.index(want)] * len(seeds)
+            try:
+                want = int(want)
+            except ValueError:
+                raise InputError(f"audio: sample.label={want!r} is not one of the model's labels {names}") from None
+        want = -1 if want in ("", None) else int(want)
+        if want >= 0:
+            if want >= len(names):
+                raise InputError(f"audio: sample.label={want} is out of range (the model has labels {names})")
+            return [want] * len(seeds)
+        counts = np.asarray(data_config.get("label_counts") or [1] * len(names), dtype=np.float64)
+        p = counts / counts.sum()
+        return [int(np.random.default_rng(int(s)).choice(len(p), p=p)) for s in seeds]
+
+    def template(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> Batch:
+        if cfg.get("data"):
+            self.check_mel(data_config, self.mel_config(cfg), "the checkpoint's mel settings vs the run's data.mel")
+        s = cfg.get("sample") or {}
+        self._decode_opts = {"griffin_lim_iters": int(s.get("griffin_lim_iters", 32))}
+        n = len(seeds)
+        x0 = State.dense(mel=torch.zeros(n, 1, int(data_config["n_mels"]), int(data_config["frames"])))
+        if not data_config.get("label_names"):
+            return Batch(x0, None)
+        return Batch(x0, {"label": torch.tensor(self.sample_labels(seeds, cfg, data_config), dtype=torch.long)})
+
+    def decode(self, x0: State, cond: Any, data_config: dict) -> list[dict]:
+        mel_cfg = self.mel_config(data_config)
+        mel = x0["mel"].detach().float().cpu()
+        if mel.dim() != 4 or mel.shape[1] != 1 or mel.shape[2] != mel_cfg.n_mels:
+            raise MelConfigMismatch(f"audio: mels of shape {tuple(mel.shape)} do not fit the model's mel settings "
+                                    f"(expected (B, 1, {mel_cfg.n_mels}, frames))")
+        mel = mel[:, 0].clamp(-1.0, 1.0)
+        L = int(data_config["samples"])
+        iters = int(self._decode_opts.get("griffin_lim_iters", 32))
+        wave = mel_to_waveform(mel, mel_cfg, n_iter=iters, length=L)
+        names = data_config.get("label_names") or []
+        labels = cond.get("label") if isinstance(cond, dict) else None
+        out = []
+        for i in range(mel.shape[0]):
+            w = wave[i].numpy().astype(np.float32)
+            peak = float(np.abs(w).max()) if w.size else 0.0
+            if peak > 1.0:
+                w = w / peak
+            lab = int(labels[i]) if labels is not None and 0 <= int(labels[i]) < len(names) else -1
+            out.append({"wave": w, "sample_rate": mel_cfg.sample_rate, "label": lab,
+                        "label_name": names[lab] if lab >= 0 else None, "mel": mel[i].numpy()})
+        return out
+
+    def write(self, objects: Sequence[dict], seeds: Sequence[int], folder: Path, data_config: dict) -> list[Path]:
+        import soundfile as sf
+
+        paths = []
+        for obj, seed in zip(objects, seeds):
+            path = Path(folder) / f"{int(seed):08d}.wav"
+            with atomic_path(path) as tmp:
+                with sf.SoundFile(str(tmp), "w", samplerate=int(obj["sample_rate"]), channels=1, subtype="PCM_16",
+                                  format="WAV") as f:
+                    f.comment = json.dumps({"seed": int(seed), "label": obj.get("label_name")})
+                    f.software = "sciffusion audio"
+                    f.write(np.clip(np.asarray(obj["wave"], dtype=np.float32), -1.0, 1.0))
+            paths.append(path)
+        return paths
+
+    # ------------------------------------------------------------------ evaluation
+    def read(self, path: Path) -> dict:
+        """A WAV/FLAC file at its own rate (``metrics`` resamples to the model's): the label comes
+        from sciffusion's WAV comment, else from an FSDD-style file name, else unknown."""
+        import soundfile as sf
+
+        from .data import load_audio_file
+
+        path = Path(path)
+        try:
+            info = sf.info(str(path))
+        except Exception as e:
+            raise InputError(f"{path}: not a readable audio file ({type(e).__name__}: {e})") from None
+        wave = load_audio_file(path, int(info.samplerate), downmix=True)
+        label = None
+        try:
+            with sf.SoundFile(str(path)) as f:
+                meta = json.loads(f.comment) if f.comment else {}
+            label = meta.get("label") if isinstance(meta, dict) else None
+        except (ValueError, RuntimeError, AttributeError):
+            label = None
+        if label is None:
+            m = re.match(FSDD_PATTERN, path.name)
+            label = m.group("label") if m else None
+        return {"wave": wave.numpy(), "sample_rate": int(info.samplerate), "label": -1,
+                "label_name": _label_key(label), "mel": None, "file": str(path)}
+
+    def _at_rate(self, objects: Sequence[dict], rate: int) -> list[torch.Tensor]:
+        import torchaudio
+
+        out = []
+        for o in objects:
+            w = torch.as_tensor(np.asarray(o["wave"], dtype=np.float32)).reshape(-1)
+            if int(o.get("sample_rate", rate)) != rate:
+                w = torchaudio.functional.resample(w, int(o["sample_rate"]), rate)
+            out.append(w)
+        return out
+
+    def classifier(self, mel_cfg: MelConfig, clip_samples: int):
+        """The FSDD evaluation classifier for these mel settings (trained once, about half a minute on
+        one thread, then cached); None when FSDD is absent or the rate is not FSDD's 8 kHz."""
+        from .classifier import load_classifier, train_classifier
+        from .data import load_fsdd
+
+        if fsdd_root() is None or mel_cfg.sample_rate != 8000:
+            return None
+        key = json.dumps({"mel": mel_cfg.to_dict(), "clip": clip_samples, "steps": CLASSIFIER_STEPS}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        root = os.environ.get("SCIFFUSION_CACHE")
+        folder = (Path(root).expanduser() if root else Path.home() / ".cache" / "sciffusion") / "audio" / f"classifier-{digest}"
+        if (folder / "classifier.json").is_file():
+            return load_classifier(folder, expect_mel=mel_cfg)
+        clf = train_classifier(load_fsdd("train", length=clip_samples), cfg=mel_cfg, steps=CLASSIFIER_STEPS, seed=0)
+        try:
+            clf.save(folder)
+        except OSError:
+            pass
+        return clf
+
+    def metrics(self, objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | None = None) -> dict:
+        """Always: ``duration_s`` (mean), ``rms`` (mean), ``silent`` (fraction of clips with RMS < 1e-4).
+        With FSDD available, for standalone evaluation (no checkpoint) or a model trained on FSDD:
+        DiffWave's protocol against the FSDD training split (``fid``, ``is``, ``mis``, ``am``, ``ndb_k``,
+        and ``accuracy`` / ``fid_class`` when the clips' labels are known); ``classifier`` is 1 then, else 0."""
+        if not objects:
+            raise InputError("no audio clips to evaluate")
+        mel_cfg = self.mel_config(data_config) if data_config.get("mel") else MelConfig()
+        rate = mel_cfg.sample_rate
+        waves = self._at_rate(objects, rate)
+        rms = np.array([float(torch.sqrt((w.double() ** 2).mean())) if w.numel() else 0.0 for w in waves])
+        out: dict = {"n": len(waves), "duration_s": float(np.mean([w.numel() / rate for w in waves])),
+                     "rms": float(rms.mean()), "silent": float((rms < 1e-4).mean()), "classifier": 0.0}
+        if data_config and data_config.get("source") != "fsdd":
+            return out
+        clip = int(data_config.get("samples", rate))
+        clf = self.classifier(mel_cfg, clip)
+        if clf is None:
+            return out
+        from .data import load_fsdd
+        from .metrics import evaluate_samples
+
+        ref = load_fsdd("train", length=clip)
+        names = clf.label_names
+        labs = [o.get("label_name") for o in objects]
+        gen_labels = None
+        if all(lab is not None and lab in names for lab in labs):
+            gen_labels = torch.tensor([names.index(lab) for lab in labs])
+        res = evaluate_samples(clf, waves, ref, gen_labels=gen_labels, ref_labels=ref.labels)
+        out.update({k: float(v) for k, v in res.items() if k != "n"})
+        out["classifier"] = 1.0
+        if len(waves) < 2 or not math.isfinite(out.get("fid", 0.0)):
+            out.pop("fid", None)
+        return out

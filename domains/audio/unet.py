@@ -1,0 +1,167 @@
+"""A small class-conditional 2-D U-Net over (mel x time) for the audio domain's ``mel`` field.
+
+Input: a dense ``State`` with field ``mel`` of shape (B, 1, n_mels, frames), diffusion time ``t``
+(B,) and a condition ``{"label": (B,) int64}`` (or None). Output: a ``State`` of the same layout
+(the raw prediction, e.g. eps).
+
+- time: sinusoidal embedding of ``1000 t`` -> MLP; label: ``nn.Embedding(num_classes + 1)`` where
+  index ``num_classes`` is the null label (classifier-free guidance; also used when ``cond`` is
+  None or a label is negative). Both are added and fed to every residual block (scale/shift).
+- sized by ``channels`` (base width), ``mults`` (one entry per level: width multipliers; levels-1
+  downsamplings by 2 in both axes), ``res_blocks`` per level, ``dropout``.
+- mels whose size is not divisible by ``2 ** (levels - 1)`` are zero-padded internally (at the end of
+  each axis) and the output is cropped back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...core.state import State
+
+__all__ = ["MelUNet", "build_unet", "timestep_embedding"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal embedding of ``scale * t`` (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half, 1))
+    args = (scale * t.float().reshape(-1, 1)) * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _groups(ch: int) -> int:
+    for g in (8, 4, 2, 1):
+        if ch % g == 0:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class MelUNet(nn.Module):
+    def __init__(self, num_classes: int = 0, channels: int = 32, mults=(1, 2, 2), res_blocks: int = 1,
+                 emb_dim: int | None = None, dropout: float = 0.0, field: str = "mel", in_channels: int = 1):
+        super().__init__()
+        mults = [int(m) for m in mults]
+        if not mults or min(mults) < 1 or channels < 1 or res_blocks < 1:
+            raise ValueError(f"MelUNet: need channels >= 1, res_blocks >= 1 and positive mults, got "
+                             f"channels={channels}, mults={mults}, res_blocks={res_blocks}")
+        self.field, self.num_classes, self.levels = field, int(num_classes), len(mults)
+        self.temb_dim = int(channels)
+        emb_dim = int(emb_dim or 4 * channels)
+        self.time_mlp = nn.Sequential(nn.Linear(self.temb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes > 0 else None
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        widths = [channels * m for m in mults]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skips = [channels]
+        ch = channels
+        for i, w in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks):
+                blocks.append(ResBlock(ch, w, emb_dim, dropout))
+                ch = w
+                skips.append(ch)
+            self.down.append(blocks)
+            if i < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), ResBlock(ch, ch, emb_dim, dropout)])
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths))):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks + 1):
+                blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, dropout))
+                ch = w
+            self.up.append(blocks)
+            if i > 0:
+                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def labels(self, cond, batch: int, device) -> torch.Tensor | None:
+        """Label indices (B,) with the null label for None / missing / negative labels."""
+        if self.label_emb is None:
+            return None
+        lab = cond.get("label") if isinstance(cond, dict) else cond
+        if lab is None:
+            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        lab = torch.as_tensor(lab, device=device).long().reshape(-1)
+        if lab.numel() == 1:
+            lab = lab.expand(batch)
+        if lab.shape[0] != batch:
+            raise ValueError(f"MelUNet: {lab.shape[0]} labels for a batch of {batch}")
+        if (lab > self.num_classes).any():
+            raise ValueError(f"MelUNet: label index above the null label {self.num_classes}")
+        return torch.where(lab < 0, torch.full_like(lab, self.num_classes), lab)
+
+    def forward_tensor(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        B, _, H, W = x.shape
+        m = 2 ** (self.levels - 1)
+        ph, pw = (-H) % m, (-W) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        t = torch.as_tensor(t, device=x.device).float().reshape(-1).expand(B)
+        emb = self.time_mlp(timestep_embedding(t, self.temb_dim).to(x.dtype))
+        lab = self.labels(cond, B, x.device)
+        if lab is not None:
+            emb = emb + self.label_emb(lab).to(emb.dtype)
+        h = self.conv_in(x)
+        hs = [h]
+        for i, blocks in enumerate(self.down):
+            for blk in blocks:
+                h = blk(h, emb)
+                hs.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                hs.append(h)
+        for blk in self.mid:
+            h = blk(h, emb)
+        for j, blocks in enumerate(self.up):
+            for blk in blocks:
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+            if j < len(self.upsample):
+                h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out[:, :, :H, :W]
+
+    def forward(self, x: State, t: torch.Tensor, cond=None) -> State:
+        return x.like({self.field: self.forward_tensor(x[self.field], t, cond)})
+
+
+def build_unet(model_cfg: dict, num_classes: int) -> MelUNet:
+    m = model_cfg or {}
+    return MelUNet(num_classes=num_classes, channels=int(m.get("channels", 32)), mults=m.get("mults", [1, 2, 2]),
+                   res_blocks=int(m.get("res_blocks", 1)), emb_dim=int(m.get("emb_dim", 0)) or None,
+                   dropout=float(m.get("dropout", 0.0)))
