@@ -107,7 +107,13 @@ def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: s
 
 
 def info(checkpoint: str | Path) -> dict[str, Any]:
-    """What a checkpoint holds: domain, step, hash, config, data config, recorded metrics, files."""
+    """What a checkpoint holds: domain, step, hash, config, data config, recorded metrics, files.
+    A domain name stands for the model that domain ships."""
+    if not Path(checkpoint).exists() and str(checkpoint) in {d.name for d in available()}:
+        shipped = get_domain(str(checkpoint)).default_checkpoint()
+        if shipped is None:
+            raise InputError(f"domain '{checkpoint}' ships no default model")
+        checkpoint = shipped
     ckpt = load_checkpoint(checkpoint)
     weights = ckpt.weights(prefer_ema=False)
     return {

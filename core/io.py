@@ -17,6 +17,17 @@ class InputError(ValueError):
     """Bad input from a user's file: the message names the file and the problem (CLI exit code 1)."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: Path, directory: bool = False) -> None:
+    """Give a temporary (created 0600/0700) the permissions a normal open() would: 0666/0777 & ~umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -44,6 +55,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _public_mode(tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -78,6 +90,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
         _fsync_dir(tmp)
+        _public_mode(tmp, directory=True)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

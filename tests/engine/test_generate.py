@@ -437,3 +437,20 @@ def test_guidance_and_label_override(ckpt, reference40, tmp_path):
 def test_progress_bar_runs(ckpt, tmp_path, capsys):
     r = sample(ckpt, tmp_path / "o", n=6, batch_size=4, progress=True)
     assert r.generated == 6
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through 0600 temporaries; the final files must be readable like any other."""
+    import os
+
+    from sciffusion.core.io import atomic_directory, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_directory(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
