@@ -41,7 +41,7 @@ class MoleculesDomain(Domain):
                           "condition_dropout": 0.0},
             "train": {"batch_size": 64, "lr": 1e-4, "ema_decay": 0.9999, "adaptive_clip": True, "steps": 100000, "bf16": False,
                       "ckpt_every": 1000, "log_every": 100},
-            "sample": {"sampler": "dpmpp_2m", "steps": 50, "grid": "log_snr", "batch_size": 100, "shard_size": 100,
+            "sample": {"sampler": "ddpm", "steps": 50, "grid": "discrete", "batch_size": 100, "shard_size": 100,
                        "properties": {}},
         }
 
