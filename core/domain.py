@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import deep_merge
+from .io import InputError
 from .objectives import DiffusionObjective
 from .parameterisation import Denoiser, EDMPreconditioning
 from .process import Process, process_from_config
@@ -186,3 +187,23 @@ def denoiser_from_checkpoint(domain: Domain, ckpt, cfg: dict | None = None, *, p
     name = "ema.safetensors" if prefer_ema and ckpt.has("ema.safetensors") else "model.safetensors"
     load_weights(den.network, ckpt.tensors(name), ckpt.path / name)
     return den.to(device).eval()
+
+
+def pick_device(device: str | None, local_rank: int | None = None) -> torch.device:
+    """The torch device for a run: ``device`` (cpu, cuda, cuda:1 ...) or CUDA when available; under
+    torchrun a bare "cuda" means this process's LOCAL_RANK GPU. Selects the CUDA device it returns."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device '{device}' (try cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{device}' asked for, but CUDA is not available here")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
+        if dev.index >= torch.cuda.device_count():
+            raise InputError(f"device '{dev}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
+        torch.cuda.set_device(dev)
+    return dev

@@ -64,7 +64,7 @@ import torch
 from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoint
 from .checkpoint import resolve as resolve_checkpoint
 from .config import apply_overrides, config_hash, deep_merge
-from .domain import Batch, Domain, denoiser_from_checkpoint
+from .domain import Batch, Domain, denoiser_from_checkpoint, pick_device
 from .grids import GRIDS, make_grid
 from .guidance import ClassifierFreeGuidance
 from .io import InputError, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, sha256_json
@@ -272,25 +272,6 @@ def samples_config_hash(cfg: dict) -> str:
     c = dict(cfg)
     c["sample"] = {k: v for k, v in cfg.get("sample", {}).items() if k not in _NOT_HASHED}
     return config_hash(c)
-
-
-def _pick_device(device: str | None, local_rank: int | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device '{device}' (try cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{device}' asked for, but CUDA is not available here")
-        if local_rank is not None and dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        if dev.index is not None:
-            if dev.index >= torch.cuda.device_count():
-                raise InputError(f"device '{dev}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
-            torch.cuda.set_device(dev)
-    return dev
 
 
 def _build_denoiser(domain: Domain, cfg: dict, ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
@@ -707,7 +688,7 @@ def _sample(ctx: _Dist, start: float, model, out: Path, seed_list: list[int], n,
     try:
         domain, ckpt = _load_model(model)
         cfg = _resolve_config(domain, ckpt, explicit, list(overrides))
-        dev = _pick_device(device, ctx.local_rank)
+        dev = pick_device(device, ctx.local_rank)
         den = _build_denoiser(domain, cfg, ckpt, dev)
         chash = samples_config_hash(cfg)
         gen = _Generator(domain, cfg, ckpt, den, dev, out, chash)

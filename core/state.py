@@ -51,11 +51,6 @@ class Layout:
             ones = ones * expand_mask(self.mask, like).to(torch.float64)
         return self.sum_per_example(ones)
 
-    def rows_per_example(self, rows: int, device) -> Tensor:
-        if self.index is None:
-            return torch.ones(self.batch_size, dtype=torch.long, device=device)
-        return torch.bincount(self.index, minlength=self.batch_size)
-
 
 @dataclass(frozen=True)
 class State:

@@ -87,7 +87,7 @@ from torch import Tensor, nn
 from .checkpoint import (CheckpointError, check_domain, checkpoints_dir, latest_checkpoint, load_checkpoint,
                          load_weights, save_run_checkpoint)
 from .config import deep_merge
-from .domain import Batch, Domain, denoiser_from_checkpoint
+from .domain import Batch, Domain, denoiser_from_checkpoint, pick_device
 from .grids import make_grid
 from .guidance import ClassifierFreeGuidance
 from .io import InputError, atomic_write_json, atomic_write_text, remove_stale_temporaries
@@ -1212,21 +1212,6 @@ def _trim_log(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
-def _pick_device(device: str | None, world: int, local_rank: int) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{device}' requested but CUDA is not available")
-        if world > 1:
-            dev = torch.device("cuda", local_rank)
-        elif dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-    return dev
-
-
 def train(domain: str | Domain, config: dict, out: str | Path, *, device: str | None = None,
           resume: bool = True, progress: bool | None = None) -> TrainResult:
     """Train ``domain``'s denoiser with a resolved ``config`` into the run folder ``out``.
@@ -1247,7 +1232,7 @@ def train(domain: str | Domain, config: dict, out: str | Path, *, device: str | 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, world, local_rank)
+    dev = pick_device(device, local_rank if world > 1 else None)
     own_group = False
     if world > 1:
         import torch.distributed as dist
