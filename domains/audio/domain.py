@@ -49,7 +49,7 @@ class AudioDomain(Domain):
             "data": {"path": "", "label_pattern": FSDD_PATTERN, "labels_csv": "", "sample_rate": 8000,
                      "seconds": 1.0, "split_every": 10, "split_group": "", "split_test_values": [],
                      "skip_bad": False, "downmix": False, "mel": {}},
-            "model": {"network": "unet", "channels": 32, "mults": [1, 2, 2], "res_blocks": 1, "emb_dim": 0,
+            "model": {"network": "unet1d", "channels": 96, "mults": [1, 2, 2], "res_blocks": 2, "emb_dim": 0,
                       "dropout": 0.0},
             "process": {"name": "vp_cosine"},
             "objective": {"prediction": "eps", "condition_dropout": 0.1},
@@ -191,12 +191,17 @@ class AudioDomain(Domain):
 
     # ------------------------------------------------------------------ model
     def build_network(self, model_cfg: dict, data_config: dict) -> torch.nn.Module:
-        kind = (model_cfg or {}).get("network", "unet")
-        if kind != "unet":
-            raise InputError(f"audio: unknown model.network '{kind}' (use 'unet')")
-        from .unet import build_unet
+        kind = (model_cfg or {}).get("network", "unet1d")
+        classes = len(data_config.get("label_names") or [])
+        if kind == "unet1d":
+            from .unet import build_unet1d
 
-        return build_unet(model_cfg, len(data_config.get("label_names") or []))
+            return build_unet1d(model_cfg, classes, int(data_config["n_mels"]))
+        if kind == "unet":
+            from .unet import build_unet
+
+            return build_unet(model_cfg, classes)
+        raise InputError(f"audio: unknown model.network '{kind}' (use 'unet1d', mel bands as channels, or 'unet', 2-D)")
 
     def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
         names = data_config.get("label_names") or []

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ...core.state import State
 
-__all__ = ["MelUNet", "build_unet", "timestep_embedding"]
+__all__ = ["MelUNet", "MelUNet1d", "build_unet", "build_unet1d", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -165,3 +165,111 @@ def build_unet(model_cfg: dict, num_classes: int) -> MelUNet:
     return MelUNet(num_classes=num_classes, channels=int(m.get("channels", 32)), mults=m.get("mults", [1, 2, 2]),
                    res_blocks=int(m.get("res_blocks", 1)), emb_dim=int(m.get("emb_dim", 0)) or None,
                    dropout=float(m.get("dropout", 0.0)))
+
+
+class ResBlock1d(nn.Module):
+    """``ResBlock`` over time only: mel bands are channels (Conv1d k3)."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv1d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv1d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class MelUNet1d(MelUNet):
+    """The U-Net over time alone, mel bands as input channels: the same conditioning, levels and
+    skips as ``MelUNet`` with Conv1d, downsampling by 2 in time only. About ten times cheaper than the
+    2-D network at the same width for 64 bands, which is what makes CPU training practical."""
+
+    def __init__(self, num_classes: int = 0, n_mels: int = 64, channels: int = 128, mults=(1, 2, 2),
+                 res_blocks: int = 2, emb_dim: int | None = None, dropout: float = 0.0, field: str = "mel"):
+        nn.Module.__init__(self)
+        mults = [int(m) for m in mults]
+        if not mults or min(mults) < 1 or channels < 1 or res_blocks < 1 or n_mels < 1:
+            raise ValueError(f"MelUNet1d: need channels, res_blocks, n_mels >= 1 and positive mults, got "
+                             f"channels={channels}, mults={mults}, res_blocks={res_blocks}, n_mels={n_mels}")
+        self.field, self.num_classes, self.levels, self.n_mels = field, int(num_classes), len(mults), int(n_mels)
+        self.temb_dim = int(channels)
+        emb_dim = int(emb_dim or 4 * channels)
+        self.time_mlp = nn.Sequential(nn.Linear(self.temb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes > 0 else None
+        self.conv_in = nn.Conv1d(n_mels, channels, 3, padding=1)
+        widths = [channels * m for m in mults]
+        self.down, self.downsample, self.up, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        skips, ch = [channels], channels
+        for i, w in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks):
+                blocks.append(ResBlock1d(ch, w, emb_dim, dropout))
+                ch = w
+                skips.append(ch)
+            self.down.append(blocks)
+            if i < len(widths) - 1:
+                self.downsample.append(nn.Conv1d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid = nn.ModuleList([ResBlock1d(ch, ch, emb_dim, dropout), ResBlock1d(ch, ch, emb_dim, dropout)])
+        for i, w in reversed(list(enumerate(widths))):
+            blocks = nn.ModuleList()
+            for _ in range(res_blocks + 1):
+                blocks.append(ResBlock1d(ch + skips.pop(), w, emb_dim, dropout))
+                ch = w
+            self.up.append(blocks)
+            if i > 0:
+                self.upsample.append(nn.Conv1d(ch, ch, 3, padding=1))
+        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.conv_out = nn.Conv1d(ch, n_mels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward_tensor(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        if C != 1 or H != self.n_mels:
+            raise ValueError(f"MelUNet1d: expected mels of shape (B, 1, {self.n_mels}, frames), got {tuple(x.shape)}")
+        m = 2 ** (self.levels - 1)
+        h = x[:, 0]
+        if (-W) % m:
+            h = F.pad(h, (0, (-W) % m))
+        t = torch.as_tensor(t, device=x.device).float().reshape(-1).expand(B)
+        emb = self.time_mlp(timestep_embedding(t, self.temb_dim).to(x.dtype))
+        lab = self.labels(cond, B, x.device)
+        if lab is not None:
+            emb = emb + self.label_emb(lab).to(emb.dtype)
+        h = self.conv_in(h)
+        hs = [h]
+        for i, blocks in enumerate(self.down):
+            for blk in blocks:
+                h = blk(h, emb)
+                hs.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                hs.append(h)
+        for blk in self.mid:
+            h = blk(h, emb)
+        for j, blocks in enumerate(self.up):
+            for blk in blocks:
+                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+            if j < len(self.upsample):
+                h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out[:, None, :, :W]
+
+
+def build_unet1d(model_cfg: dict, num_classes: int, n_mels: int) -> MelUNet1d:
+    m = model_cfg or {}
+    return MelUNet1d(num_classes=num_classes, n_mels=n_mels, channels=int(m.get("channels", 128)),
+                     mults=m.get("mults", [1, 2, 2]), res_blocks=int(m.get("res_blocks", 2)),
+                     emb_dim=int(m.get("emb_dim", 0)) or None, dropout=float(m.get("dropout", 0.0)))
