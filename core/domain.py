@@ -13,7 +13,8 @@ Lifecycle
   checkpoint; ``collate(examples, data_config)`` -> ``Batch(x0: State, cond)``;
   ``build_denoiser(cfg, data_config)`` -> ``Denoiser``; ``build_objective(cfg)``.
 - generation: ``template(seeds, cfg, data_config)`` -> the shape of the batch to generate (a
-  ``Batch`` whose x0 values are ignored; sizes drawn from each seed alone); a sampler produces x0;
+  ``Batch`` whose x0 values are ignored; sizes drawn from each seed alone); optionally
+  ``constraint(batch, seeds, cfg, data_config)`` -> known entries to pin (inpainting); a sampler produces x0;
   ``decode(x0, cond, data_config)`` -> domain objects; ``write(objects, seeds, folder, ...)`` -> files.
 - evaluation: ``read(path)`` -> object; ``metrics(objects, data_config)`` -> {name: float}.
 """
@@ -133,6 +134,13 @@ class Domain(abc.ABC):
     @abc.abstractmethod
     def template(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> Batch:
         """The batch to generate for these seeds (sizes from each seed alone; values ignored)."""
+
+    def constraint(self, batch: Batch, seeds: Sequence[int], cfg: dict, data_config: dict) -> "tuple[State, dict] | None":
+        """Entries to pin while sampling this batch (inpainting): ``(known, mask)`` with ``known`` a
+        state like ``batch.x0`` and ``mask`` field -> bool tensor, True where the value is known; the
+        engine keeps them at the known data noised to the current time and exactly at the end
+        (``core.guidance.Inpaint``). None (the default): nothing is pinned."""
+        return None
 
     @abc.abstractmethod
     def decode(self, x0: State, cond: Any, data_config: dict) -> list[Any]:

@@ -66,7 +66,7 @@ from .checkpoint import resolve as resolve_checkpoint
 from .config import apply_overrides, config_hash, deep_merge
 from .domain import Batch, Domain, denoiser_from_checkpoint, pick_device
 from .grids import GRIDS, make_grid
-from .guidance import ClassifierFreeGuidance
+from .guidance import ClassifierFreeGuidance, Inpaint
 from .io import InputError, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, sha256_json
 from .noise import ExampleNoise
 from .registry import UnknownDomainError, available, get_domain
@@ -242,9 +242,12 @@ def _check_sample_config(s: dict) -> None:
     for key in ("steps", "batch_size", "shard_size"):
         positive_int(key)
     name = s.get("sampler")
-    if name not in SAMPLERS or name in _NEEDS_CONSTRAINT:
-        known = sorted(k for k in SAMPLERS if k not in _NEEDS_CONSTRAINT)
-        raise InputError(f"unknown sampler {name!r} for batch generation; known: {', '.join(known)}")
+    if name not in SAMPLERS:
+        raise InputError(f"unknown sampler {name!r} for batch generation; known: {', '.join(sorted(SAMPLERS))}")
+    if name in _NEEDS_CONSTRAINT:
+        r = s.setdefault("resample", 10)
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise InputError(f"sample.resample must be an integer >= 1, got {r!r}")
     if s.get("grid") not in GRIDS:
         raise InputError(f"unknown grid {s.get('grid')!r}; known: {', '.join(sorted(GRIDS))}")
     g = s.get("guidance")
@@ -588,7 +591,27 @@ class _Generator:
         if self.null is not None:
             den = ClassifierFreeGuidance(self.den, self.guidance, _null_like(tpl.cond, self.null))
         x = prior(den.process, tpl.x0, noise, t=self.t0)  # one noise object: prior and sampler draws never repeat
-        return self.sampler(den, x, self.grid, tpl.cond, noise=noise), tpl.cond
+        kwargs = self.pinned(tpl, seeds, den)
+        return self.sampler(den, x, self.grid, tpl.cond, noise=noise, **kwargs), tpl.cond
+
+    def pinned(self, tpl: Batch, seeds: list[int], den) -> dict:
+        """The sampler's inpainting arguments: the domain's constraint for this batch, if any."""
+        s = self.cfg["sample"]
+        pin = self.domain.constraint(tpl, seeds, self.cfg, self.ckpt.data_config)
+        if pin is None:
+            if s["sampler"] in _NEEDS_CONSTRAINT:
+                raise InputError(f"sampler '{s['sampler']}' resamples around known data, and this "
+                                 f"'{self.domain.name}' configuration pins none (nothing to inpaint)")
+            return {}
+        known, mask = pin
+        known = known.to(self.device)
+        if self.dtype is not None:
+            known = known.to(dtype=self.dtype)
+        inpaint = Inpaint(known, {k: m.to(self.device) for k, m in mask.items()}, den.process)
+        kwargs = {"constraint": inpaint}
+        if s["sampler"] in _NEEDS_CONSTRAINT:
+            kwargs["resample"] = int(s["resample"])
+        return kwargs
 
     def store(self, k: int, seeds: list[int], x0, cond, lines: list[str], last: bool, advance) -> None:
         """Decode and write one batch; after the shard's last batch, its manifest part."""

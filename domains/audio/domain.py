@@ -56,7 +56,7 @@ class AudioDomain(Domain):
             "train": {"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999, "steps": 20000, "bf16": False,
                       "ckpt_every": 1000, "log_every": 100, "grad_clip": 1.0},
             "sample": {"sampler": "dpmpp_2m", "steps": 50, "batch_size": 64, "shard_size": 100, "label": -1,
-                       "griffin_lim_iters": 32},
+                       "griffin_lim_iters": 32, "inpaint": "", "inpaint_span": [], "inpaint_fade": 0.01},
         }
 
     # ------------------------------------------------------------------ mel configuration
@@ -234,11 +234,35 @@ class AudioDomain(Domain):
             self.check_mel(data_config, self.mel_config(cfg), "the checkpoint's mel settings vs the run's data.mel")
         s = cfg.get("sample") or {}
         self._decode_opts = {"griffin_lim_iters": int(s.get("griffin_lim_iters", 32))}
+        spec = self._inpaint_spec(cfg, data_config)
+        self._decode_opts["inpaint"] = spec
         n = len(seeds)
         x0 = State.dense(mel=torch.zeros(n, 1, int(data_config["n_mels"]), int(data_config["frames"])))
-        if not data_config.get("label_names"):
+        names = data_config.get("label_names") or []
+        if not names:
             return Batch(x0, None)
+        if spec is not None and str(s.get("label", -1)) in ("-1", "", "None"):
+            # inpainting: the clip's own label when its name gives one, else no label (unconditional)
+            idx = names.index(spec.label_name) if spec.label_name in names else len(names)
+            return Batch(x0, {"label": torch.full((n,), idx, dtype=torch.long)})
         return Batch(x0, {"label": torch.tensor(self.sample_labels(seeds, cfg, data_config), dtype=torch.long)})
+
+    def _inpaint_spec(self, cfg: dict, data_config: dict):
+        from .inpaint import load_inpaint_spec
+
+        pattern = (cfg.get("data") or {}).get("label_pattern", FSDD_PATTERN)
+        return load_inpaint_spec(cfg.get("sample") or {}, self.mel_config(data_config), int(data_config["samples"]),
+                                 pattern)
+
+    def constraint(self, batch: Batch, seeds: Sequence[int], cfg: dict, data_config: dict):
+        """Inpainting (``sample.inpaint`` + ``sample.inpaint_span``): the clip's mel frames outside the span."""
+        spec = self._decode_opts.get("inpaint")
+        if spec is None:
+            return None
+        from .inpaint import known_mask
+
+        mel, mask = known_mask(spec, self.mel_config(data_config), len(seeds))
+        return State.dense(mel=mel), {"mel": mask}
 
     def decode(self, x0: State, cond: Any, data_config: dict) -> list[dict]:
         mel_cfg = self.mel_config(data_config)
@@ -258,6 +282,10 @@ class AudioDomain(Domain):
             peak = float(np.abs(w).max()) if w.size else 0.0
             if peak > 1.0:
                 w = w / peak
+            if self._decode_opts.get("inpaint") is not None:
+                from .inpaint import splice
+
+                w = splice(torch.from_numpy(w), self._decode_opts["inpaint"]).numpy().astype(np.float32)
             lab = int(labels[i]) if labels is not None and 0 <= int(labels[i]) < len(names) else -1
             out.append({"wave": w, "sample_rate": mel_cfg.sample_rate, "label": lab,
                         "label_name": names[lab] if lab >= 0 else None, "mel": mel[i].numpy()})

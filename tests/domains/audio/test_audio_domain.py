@@ -23,31 +23,11 @@ from sciffusion.domains.audio.unet import MelUNet
 SCIFFUSION = str(Path(sys.executable).parent / "sciffusion")
 RATE = 8000
 SYNTH_PATTERN = r"^(?P<label>[a-z]+)_synth_(?P<take>\d+)\.wav$"
-TONES = {"low": 300.0, "mid": 900.0, "high": 2000.0, "sweep": None}
-
-
-def tone(label: str, i: int, seconds: float = 0.5) -> np.ndarray:
-    t = np.arange(int(seconds * RATE)) / RATE
-    f = TONES[label]
-    if f is None:
-        phase = 2 * np.pi * (200 * t + 2400 * t ** 2)
-    else:
-        phase = 2 * np.pi * f * (1 + 0.02 * i) * t
-    return (0.3 * np.sin(phase) * np.hanning(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def domain():
     return get_domain("audio")
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("synth-audio")
-    for label in TONES:
-        for i in range(10):
-            sf.write(str(d / f"{label}_synth_{i}.wav"), tone(label, i), RATE, subtype="PCM_16")
-    return d
 
 
 @pytest.fixture(scope="module")
