@@ -361,10 +361,27 @@ def _v2000_truncation(lines: list[str]) -> str | None:
     return None
 
 
+def _property_problem(fields: dict, name: str) -> str | None:
+    """Why the SD data fields cannot give property ``name`` a number, or None."""
+    if name not in fields:
+        return f"property '{name}' (data.properties): the record has no SD tag <{name}>"
+    v = fields[name]
+    if isinstance(v, str):
+        shown = v if len(v) <= 40 else v[:37] + "..."
+        return f"property '{name}' (data.properties): SD tag <{name}> is not a number: {shown!r}"
+    if not np.isfinite(v):
+        return f"property '{name}' (data.properties): SD tag <{name}> is not a finite number: {v!r}"
+    return None
+
+
 def load_sdf(path, elements=None, max_atoms: int | None = None, skip_bad: bool = False,
-             require_explicit_h: bool = True) -> tuple[list[Molecule], list[str]]:
+             require_explicit_h: bool = True, properties=()) -> tuple[list[Molecule], list[str]]:
     """Molecules from an SDF file (all atoms kept, hydrogens included; properties from the SD data
     fields; name = record title or ``<stem>_<record>``).
+
+    ``properties``: names of SD tags every record must carry as a finite number (the per-molecule
+    properties a conditional model is trained on); a record without one, or with a value that is
+    not a number, is bad like a malformed one.
 
     Records are read unsanitised (users' files may hold charges or valences RDKit would reject;
     only atoms and coordinates are used). A record is bad when it cannot be parsed (truncated,
@@ -413,10 +430,13 @@ def load_sdf(path, elements=None, max_atoms: int | None = None, skip_bad: bool =
                 reason = (f"no hydrogen atoms, but atom(s) {implicit[:5]}{'...' if len(implicit) > 5 else ''} "
                           "need implicit hydrogens: write explicit hydrogens with 3D coordinates "
                           "(e.g. RDKit Chem.AddHs(mol, addCoords=True))")
+        fields = _sd_fields(lines)
+        if reason is None:
+            reason = next((r for r in (_property_problem(fields, p) for p in properties) if r), None)
         if reason:
             col.bad(record, reason)
             continue
-        out.append(Molecule(z, pos, _sd_fields(lines), title or f"{path.stem}_{k}"))
+        out.append(Molecule(z, pos, fields, title or f"{path.stem}_{k}"))
     return out, col.skipped
 
 
@@ -613,18 +633,26 @@ SMILES_SUFFIXES = (".smi", ".smiles", ".txt")
 
 
 def load_user_dataset(path, elements=None, max_atoms: int | None = None, skip_bad: bool = False,
-                      seed: int = 0, processes: int | None = None) -> tuple[list[Molecule], list[str]]:
+                      seed: int = 0, processes: int | None = None, properties=()) -> tuple[list[Molecule], list[str]]:
     """A user's molecules by path: ``.sdf``/``.sd``/``.mol`` (:func:`load_sdf`), ``.xyz``
     (:func:`load_xyz`), ``.smi``/``.smiles``/``.txt`` (:func:`load_smiles_file`, embedded in 3D), or
     a folder: every ``.xyz`` and SDF file in it, sorted by name. Returns (molecules, skipped
-    reasons); raises InputError when nothing usable remains."""
+    reasons); raises InputError when nothing usable remains.
+
+    ``properties``: per-molecule properties every molecule must carry, read from the SD tags of
+    those names (see :func:`load_sdf`); only SDF files hold them, so XYZ and SMILES files are
+    refused when properties are asked for."""
     path = Path(path)
+    properties = list(properties or ())
     files = _files_in(path, XYZ_SUFFIXES + SDF_SUFFIXES)
     out, skipped = [], []
     for f in files:
         suf = f.suffix.lower()
+        if properties and suf not in SDF_SUFFIXES:
+            raise InputError(f"{f}: data.properties = {properties} are read from SD tags, and a {suf} file has none; "
+                             "give an SDF file whose records carry a tag per property (> <NAME> lines)")
         if suf in SDF_SUFFIXES:
-            mols, sk = load_sdf(f, elements, max_atoms, skip_bad)
+            mols, sk = load_sdf(f, elements, max_atoms, skip_bad, properties=properties)
         elif suf in XYZ_SUFFIXES:
             mols, sk = load_xyz(f, elements, max_atoms, skip_bad)
         elif suf in SMILES_SUFFIXES:

@@ -5,11 +5,14 @@ State per batch (sparse, no padding; one batch vector for all atom fields):
   pos  (atoms, 3)    positions in Angstrom, zero centre of mass per molecule (ZeroMean space)
   h    (atoms, K+1)  one-hot element over the data's element set scaled by 1/4, and the atomic
                      number scaled by 1/10 (EDM's norm values [1, 4, 10])
-cond: None, or {"properties": (B, P) normalised values, "properties_mask": (B,) bool}.
+cond: None, or {"properties": (B, P) values normalised by the training mean and mean absolute
+      deviation, "properties_mask": (B,) bool}; generation templates add "properties_value" (B, P),
+      the requested values in their own units (written as SD tags; the network ignores it).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +23,67 @@ from ...core import State, ZeroMean
 from ...core.domain import Batch, Domain
 from ...core.io import InputError
 from .types import ATOMIC_NUMBER, Molecule, symbol
+
+def property_names(data_cfg: dict) -> list[str]:
+    """``data.properties`` as a list of distinct names (a single name may be given as a string)."""
+    names = data_cfg.get("properties") or []
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(f'data.properties must be a list of property names, e.g. data.properties=["alpha"], '
+                         f"got {names!r}")
+    names = [n.strip() for n in names]
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise InputError(f"data.properties lists '{dup}' twice")
+    return names
+
+
+def conditioning_order(data_config: dict) -> list[str]:
+    """The conditioning properties of a model in the order of the network's input columns: sorted
+    by name. Checkpoints store ``data_config`` as JSON with sorted keys, so the order of the
+    ``properties`` table itself is not kept; training and generation both use this order."""
+    return sorted(data_config.get("properties") or {})
+
+
+def requested_properties(cfg: dict, data_config: dict) -> dict[str, float] | None:
+    """The property values to generate for (``sample.properties``), checked against the model:
+    None for an unconditional model; InputError when a conditioned model gets none or only some,
+    an unconditional one gets any, a name is unknown or a value is not a finite number, or
+    classifier-free guidance is asked of a model trained without condition dropout."""
+    props = data_config.get("properties") or {}
+    s = cfg.get("sample") or {}
+    wanted = s.get("properties") or {}
+    if not isinstance(wanted, dict):
+        raise InputError(f"sample.properties must be a table of property values, e.g. sample.properties.alpha=70, "
+                         f"got {wanted!r}")
+    if not props:
+        if wanted:
+            raise InputError(f"molecules: this model was trained without properties (unconditional), so it cannot be "
+                             f"conditioned on {', '.join(wanted)}; leave out sample.properties")
+        return None
+    unknown = [k for k in wanted if k not in props]
+    if unknown:
+        raise InputError(f"molecules: unknown property '{unknown[0]}' in sample.properties; this model is conditioned "
+                         f"on {', '.join(props)}")
+    missing = [k for k in props if k not in wanted]
+    if missing:
+        raise InputError(f"molecules: this model is conditioned on {', '.join(props)}; give a value for each, e.g. "
+                         + " ".join(f"sample.properties.{k}=VALUE" for k in missing))
+    values = {}
+    for k in props:
+        v = wanted[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise InputError(f"sample.properties.{k} must be a finite number, got {v!r}")
+        values[k] = float(v)
+    guidance = s.get("guidance") or 0.0
+    dropout = float((cfg.get("objective") or {}).get("condition_dropout") or 0.0)
+    if isinstance(guidance, (int, float)) and guidance > 0 and dropout <= 0:
+        raise InputError(f"sample.guidance={guidance} (classifier-free guidance) needs a model trained with "
+                         "objective.condition_dropout > 0 (this one never learnt the unconditional model); "
+                         "use guidance 0")
+    return values
+
 
 NORM_ONEHOT = 4.0
 NORM_CHARGE = 10.0
@@ -47,13 +111,18 @@ class MoleculesDomain(Domain):
 
     # ------------------------------------------------------------------ data
     def load_dataset(self, data_cfg: dict, split: str) -> list[Molecule]:
-        from .data import load_qm9, load_user_dataset
+        from .data import QM9_PROPERTIES, load_qm9, load_user_dataset
 
         elements = data_cfg.get("elements") or None
         max_atoms = int(data_cfg.get("max_atoms") or 0) or None
+        names = property_names(data_cfg)
         if data_cfg.get("path"):
             mols, skipped = load_user_dataset(data_cfg["path"], elements=elements, max_atoms=max_atoms,
-                                              skip_bad=bool(data_cfg.get("skip_bad")), seed=int(data_cfg.get("seed", 0)))
+                                              skip_bad=bool(data_cfg.get("skip_bad")), seed=int(data_cfg.get("seed", 0)),
+                                              properties=names)
+            if skipped and split == "train":  # the whole file is read for every split: report it once
+                warnings.warn(f"molecules: skipped {len(skipped)} bad record(s) of {data_cfg['path']} "
+                              f"(data.skip_bad); first: {skipped[0]}", stacklevel=2)
             every = int(data_cfg.get("valid_every", 10))
             if split == "train":
                 chosen = [m for i, m in enumerate(mols) if every <= 1 or i % every != every - 1]
@@ -62,6 +131,10 @@ class MoleculesDomain(Domain):
             return chosen
         if data_cfg.get("source", "qm9") != "qm9":
             raise InputError(f"molecules: unknown data.source '{data_cfg.get('source')}' (use 'qm9' or set data.path)")
+        unknown = [p for p in names if p not in QM9_PROPERTIES]
+        if unknown:
+            raise InputError(f"molecules: QM9 has no property '{unknown[0]}' (data.properties); QM9's properties: "
+                             f"{', '.join(QM9_PROPERTIES)}")
         mols = load_qm9(split, cache_dir=data_cfg.get("cache_dir") or None)
         if max_atoms:
             mols = [m for m in mols if m.num_atoms <= max_atoms]
@@ -77,11 +150,23 @@ class MoleculesDomain(Domain):
             zs = sorted({ATOMIC_NUMBER[s] for s in wanted})
         sizes = np.bincount([m.num_atoms for m in train_examples])
         props = {}
-        for name in data_cfg.get("properties", []):
-            vals = np.array([m.properties.get(name, np.nan) for m in train_examples], dtype=np.float64)
-            if np.isnan(vals).any():
-                raise InputError(f"molecules: property '{name}' is missing for some training molecules")
-            props[name] = {"mean": float(vals.mean()), "mad": float(np.abs(vals - vals.mean()).mean())}
+        for name in property_names(data_cfg):
+            vals = np.empty(len(train_examples), dtype=np.float64)
+            for i, m in enumerate(train_examples):
+                v = m.properties.get(name)
+                try:
+                    vals[i] = float(v)
+                except (TypeError, ValueError):
+                    vals[i] = np.nan
+                if not np.isfinite(vals[i]):
+                    raise InputError(f"molecules: training molecule {m.name!r} has no numeric value for property "
+                                     f"'{name}' (data.properties), got {v!r}")
+            mad = float(np.abs(vals - vals.mean()).mean())
+            if not mad > 0:
+                raise InputError(f"molecules: property '{name}' has the same value ({vals[0]!r}) for every training "
+                                 "molecule, so it cannot condition a model (its mean absolute deviation is 0)")
+            props[name] = {"mean": float(vals.mean()), "mad": mad}
+        props = {k: props[k] for k in sorted(props)}  # the order of the network's inputs (conditioning_order)
         return {
             "source": "qm9" if not data_cfg.get("path") else str(data_cfg["path"]),
             "elements": [symbol(z) for z in zs],
@@ -112,11 +197,12 @@ class MoleculesDomain(Domain):
         idx = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor([m.num_atoms for m in examples]))
         x0 = State({"pos": pos, "h": h}, len(examples), index={"pos": idx, "h": idx},
                    spaces={"pos": ZeroMean()}).project()
-        props = data_config.get("properties") or {}
-        if not props:
+        names = conditioning_order(data_config)
+        if not names:
             return Batch(x0, None)
-        vals = torch.tensor([[(m.properties[k] - v["mean"]) / v["mad"] for k, v in props.items()] for m in examples],
-                            dtype=torch.float32)
+        props = data_config["properties"]
+        vals = torch.tensor([[(float(m.properties[k]) - props[k]["mean"]) / props[k]["mad"] for k in names]
+                             for m in examples], dtype=torch.float32)
         return Batch(x0, {"properties": vals, "properties_mask": torch.ones(len(examples), dtype=torch.bool)})
 
     # ------------------------------------------------------------------ model
@@ -137,7 +223,9 @@ class MoleculesDomain(Domain):
     def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
         if not data_config.get("properties"):
             return None
-        return {"properties": 0.0, "properties_mask": False}
+        # "properties_value" (the requested values in their own units, for the SD tags) rides along
+        # in generation templates only; the network never reads it.
+        return {"properties": 0.0, "properties_mask": False, "properties_value": float("nan")}
 
     # ------------------------------------------------------------------ generation
     def sample_sizes(self, seeds: Sequence[int], data_config: dict) -> list[int]:
@@ -153,34 +241,46 @@ class MoleculesDomain(Domain):
         idx = torch.repeat_interleave(torch.arange(len(seeds)), torch.tensor(sizes))
         x0 = State({"pos": torch.zeros(n, 3), "h": torch.zeros(n, k)}, len(seeds), index={"pos": idx, "h": idx},
                    spaces={"pos": ZeroMean()})
-        props = data_config.get("properties") or {}
-        if not props:
+        values = requested_properties(cfg, data_config)
+        if values is None:
             return Batch(x0, None)
-        wanted = (cfg.get("sample") or {}).get("properties") or {}
-        missing = [p for p in props if p not in wanted]
-        if missing:
-            raise InputError(f"molecules: this model is conditioned on {list(props)}; give sample.properties."
-                             f"{missing[0]}=VALUE")
-        vals = torch.tensor([[(float(wanted[k]) - v["mean"]) / v["mad"] for k, v in props.items()]] * len(seeds),
+        props, names = data_config["properties"], conditioning_order(data_config)
+        raw = torch.tensor([[values[k] for k in names]] * len(seeds), dtype=torch.float64)
+        norm = torch.tensor([[(values[k] - props[k]["mean"]) / props[k]["mad"] for k in names]] * len(seeds),
                             dtype=torch.float32)
-        return Batch(x0, {"properties": vals, "properties_mask": torch.ones(len(seeds), dtype=torch.bool)})
+        return Batch(x0, {"properties": norm, "properties_mask": torch.ones(len(seeds), dtype=torch.bool),
+                          "properties_value": raw})
 
     def decode(self, x0: State, cond: Any, data_config: dict) -> list[Molecule]:
-        """Atom type = argmax of the one-hot part (EDM); positions as generated."""
+        """Atom type = argmax of the one-hot part (EDM); positions as generated; ``properties`` =
+        the values a conditional model generated the molecule for (from the template's condition)."""
         zs = np.asarray(data_config["atomic_numbers"])
         k = len(zs)
         pos = x0["pos"].detach().double().cpu().numpy()
         types = x0["h"][:, :k].detach().argmax(dim=1).cpu().numpy()
         idx = x0.index["pos"].cpu().numpy()
-        return [Molecule(zs[types[idx == i]], pos[idx == i]) for i in range(x0.batch_size)]
+        props = [{} for _ in range(x0.batch_size)]
+        names = conditioning_order(data_config)
+        if names and isinstance(cond, dict) and isinstance(cond.get("properties_value"), torch.Tensor):
+            vals = cond["properties_value"].detach().double().cpu().reshape(x0.batch_size, len(names)).tolist()
+            mask = cond.get("properties_mask")
+            use = ([True] * x0.batch_size if mask is None
+                   else torch.as_tensor(mask).reshape(-1).expand(x0.batch_size).tolist())
+            props = [dict(zip(names, v)) if u else {} for v, u in zip(vals, use)]
+        return [Molecule(zs[types[idx == i]], pos[idx == i], props[i]) for i in range(x0.batch_size)]
 
     def write(self, objects: Sequence[Molecule], seeds: Sequence[int], folder: Path, data_config: dict) -> list[Path]:
+        """One SDF per seed; the tags hold the seed and, for a conditional model, the property
+        values the molecule was generated for (one tag per property, named like it)."""
         from .output import write_sdf
 
+        names = conditioning_order(data_config)
         paths = []
         for mol, seed in zip(objects, seeds):
             mol.name = f"seed-{int(seed)}"
-            paths.append(write_sdf(Path(folder) / f"{int(seed):08d}.sdf", [mol], [{"seed": int(seed)}]))
+            tags = {"seed": int(seed)}
+            tags.update({k: repr(float(mol.properties[k])) for k in names if k in mol.properties})
+            paths.append(write_sdf(Path(folder) / f"{int(seed):08d}.sdf", [mol], [tags]))
         return paths
 
     # ------------------------------------------------------------------ evaluation
