@@ -15,3 +15,55 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device) -> float:
+    """Peak CUDA memory allocated on a GPU; peak resident set size of the process on the CPU."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def run_header(script: str, argv: list[str], device) -> list[str]:
+    """The date, machine, device and command lines that head every appended run."""
+    import datetime as dt
+    import os
+
+    import torch
+
+    return [
+        f"- date (UTC): {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}",
+        f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores (torch threads: {torch.get_num_threads()})",
+        f"- device: {device_name(device)}; torch {torch.__version__}",
+        f"- command: `python bench/{script} {' '.join(argv)}`",
+    ]
+
+
+def append_results(section: str, text: str) -> Path:
+    path = Path(__file__).resolve().parent / "RESULTS.md"
+    with open(path, "a") as f:
+        f.write(f"\n## {section}\n\n" + text)
+    return path

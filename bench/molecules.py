@@ -15,10 +15,6 @@ sampler. Prints one table per part and appends the run to bench/RESULTS.md (unle
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -27,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model  # noqa: E402
+from common import append_results, peak_memory_mib, run_header, sync, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,29 +41,6 @@ from sciffusion.core.grids import make_grid  # noqa: E402
 from sciffusion.core.noise import ExampleNoise  # noqa: E402
 from sciffusion.core.registry import get_domain  # noqa: E402
 from sciffusion.core.samplers import get_sampler, prior  # noqa: E402
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- speed
@@ -184,12 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sections = []
-    header = [
-        f"- date (UTC): {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}",
-        f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores (torch threads: {torch.get_num_threads()})",
-        f"- device: {device_name(device)}; torch {torch.__version__}",
-        f"- command: `python bench/molecules.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
-    ]
+    header = run_header("molecules.py", argv if argv is not None else sys.argv[1:], device)
     if not args.quality_only:
         print("training speed ...", flush=True)
         rows = []
@@ -219,11 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n"
     print(text)
     if not args.no_append:
-        path = ROOT / "bench" / "RESULTS.md"
-        with open(path, "a") as f:
-            f.write("\n## Molecules\n\n" + text)
-        print(f"appended to {path}")
-
+        print(f"appended to {append_results('Molecules', text)}")
 
 if __name__ == "__main__":
     main()

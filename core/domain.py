@@ -148,7 +148,9 @@ class Domain(abc.ABC):
 
     @abc.abstractmethod
     def write(self, objects: Sequence[Any], seeds: Sequence[int], folder: Path, data_config: dict) -> list[Path]:
-        """Write one file per object into ``folder`` (atomically), named by seed; return the paths."""
+        """Write one file per object into ``folder`` (atomically), named by seed; return the paths, one
+        per object: a path, or a sequence whose first path is the sample and the rest its companions
+        (e.g. a picture), which the manifest lists with it."""
 
     # ------------------------------------------------------------------ evaluation
     @abc.abstractmethod

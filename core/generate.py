@@ -398,14 +398,20 @@ def _is_temporary(p: Path) -> bool:
     return p.name.startswith(".") and p.name.endswith(".tmp")
 
 
+def _row_files(row: dict) -> list:
+    """The files of one manifest row: the sample and its companions (e.g. a picture)."""
+    extra = row.get("companions")
+    return [row.get("file")] + (list(extra) if isinstance(extra, list) else [])
+
+
 def _listed_files(out: Path) -> Iterator[Path]:
     """Files named by this folder's manifest and parts."""
     sources = [out / MANIFEST] + sorted((out / PARTS).glob("shard-*.jsonl"))
     for src in sources:
         for row in _read_lines(src) or []:
-            f = row.get("file")
-            if isinstance(f, str) and f and not os.path.isabs(f) and ".." not in Path(f).parts:
-                yield out / f
+            for f in _row_files(row):
+                if isinstance(f, str) and f and not os.path.isabs(f) and ".." not in Path(f).parts:
+                    yield out / f
 
 
 def _clear(out: Path) -> None:
@@ -491,7 +497,7 @@ def _prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg
                 if k >= len(shards) or [row.get("seed") for row in rows] != shards[k]:
                     raise _refuse(out, f"{PARTS}/{p.name} holds other seeds than this run's shard {k} "
                                        "(the folder was made for another seed list or shard size)")
-                files = [row.get("file") for row in rows]
+                files = [f for row in rows for f in _row_files(row)]
                 if all(isinstance(f, str) and (out / f).is_file() for f in files):
                     complete.append(k)
                 else:  # a listed file went missing: generate the shard again
@@ -627,8 +633,11 @@ class _Generator:
             if len(paths) != len(seeds):
                 raise RuntimeError(f"domain '{self.domain.name}': write returned {len(paths)} paths for {len(seeds)} seeds")
             for seed, p in zip(seeds, paths):
-                lines.append(json.dumps(dict(self.line, seed=int(seed), shard=k, file=self.relative(Path(p))),
-                                        sort_keys=True))
+                main, *extra = [p] if isinstance(p, (str, os.PathLike)) else list(p)
+                row = dict(self.line, seed=int(seed), shard=k, file=self.relative(Path(main)))
+                if extra:
+                    row["companions"] = [self.relative(Path(e)) for e in extra]
+                lines.append(json.dumps(row, sort_keys=True))
             if last:  # every file of the shard is in place: the shard is complete
                 atomic_write_text(self.out / PARTS / _part_name(k), "\n".join(lines) + "\n")
         if advance is not None:

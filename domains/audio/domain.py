@@ -30,6 +30,7 @@ from .data import FSDD_PATTERN, FSDD_SPLIT, EveryKSplit, GroupSplit, fsdd_root, 
 from .mel import MelConfig, MelConfigMismatch, mel_to_waveform, num_frames, waveform_to_mel
 
 CLASSIFIER_STEPS = 800
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def _label_key(value) -> str | None:
@@ -43,6 +44,7 @@ class AudioDomain(Domain):
 
     def __init__(self):
         self._decode_opts: dict = {}
+        self._fsdd_test = None  # FSDD's test split, loaded for the first picture that shows a real clip
 
     def defaults(self) -> dict:
         return {
@@ -56,7 +58,7 @@ class AudioDomain(Domain):
             "train": {"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999, "steps": 20000, "bf16": False,
                       "ckpt_every": 1000, "log_every": 100, "grad_clip": 1.0},
             "sample": {"sampler": "dpmpp_2m", "steps": 50, "batch_size": 64, "shard_size": 100, "label": -1,
-                       "griffin_lim_iters": 32, "inpaint": "", "inpaint_span": [], "inpaint_fade": 0.01},
+                       "griffin_lim_iters": 32, "spectrograms": True, "inpaint": "", "inpaint_span": [], "inpaint_fade": 0.01},
         }
 
     # ------------------------------------------------------------------ mel configuration
@@ -233,7 +235,8 @@ class AudioDomain(Domain):
         if cfg.get("data"):
             self.check_mel(data_config, self.mel_config(cfg), "the checkpoint's mel settings vs the run's data.mel")
         s = cfg.get("sample") or {}
-        self._decode_opts = {"griffin_lim_iters": int(s.get("griffin_lim_iters", 32))}
+        self._decode_opts = {"griffin_lim_iters": int(s.get("griffin_lim_iters", 32)),
+                             "spectrograms": bool(s.get("spectrograms", True))}
         spec = self._inpaint_spec(cfg, data_config)
         self._decode_opts["inpaint"] = spec
         n = len(seeds)
@@ -303,8 +306,47 @@ class AudioDomain(Domain):
                     f.comment = json.dumps({"seed": int(seed), "label": obj.get("label_name")})
                     f.software = "sciffusion audio"
                     f.write(np.clip(np.asarray(obj["wave"], dtype=np.float32), -1.0, 1.0))
-            paths.append(path)
+            if self._decode_opts.get("spectrograms") and obj.get("mel") is not None:
+                paths.append((path, self._picture(obj, int(seed), path.with_suffix(".png"), data_config)))
+            else:
+                paths.append(path)
         return paths
+
+    def _picture(self, obj: dict, seed: int, path: Path, data_config: dict) -> Path:
+        """``{seed}.png``: the generated mel beside the clip it is compared with: the original of an
+        inpainting, else (FSDD models) a real test-split clip of the same digit, picked by the seed."""
+        from .output import spectrogram_png
+
+        mel_cfg = self.mel_config(data_config)
+        name = obj.get("label_name")
+        mels, titles = [obj["mel"]], [f"generated, seed {seed}" + (f", label {name}" if name is not None else "")]
+        spec = self._decode_opts.get("inpaint")
+        if spec is not None:
+            mels.append(waveform_to_mel(spec.wave, mel_cfg).numpy())
+            titles.append(f"original {Path(spec.file).name}, span {spec.start / mel_cfg.sample_rate:.2f}-"
+                          f"{spec.end / mel_cfg.sample_rate:.2f} s regenerated")
+        else:
+            real = self._real_clip(name, seed, data_config)
+            if real is not None:
+                mels.append(waveform_to_mel(real[0], mel_cfg).numpy())
+                titles.append(f"real (FSDD test): {real[1]}")
+        return spectrogram_png(path, mels, titles, columns=2)
+
+    def _real_clip(self, label: str | None, seed: int, data_config: dict):
+        """(wave, file name) of an FSDD test clip with this label, or None (not an FSDD model / absent)."""
+        if label is None or data_config.get("source") != "fsdd" or fsdd_root() is None:
+            return None
+        if self._fsdd_test is None:
+            from .data import load_fsdd
+
+            self._fsdd_test = load_fsdd("test", length=int(data_config["samples"]))
+        test = self._fsdd_test
+        names = test.label_names
+        idx = [i for i in range(len(test)) if names[int(test.labels[i])] == label]
+        if not idx:
+            return None
+        i = idx[seed % len(idx)]
+        return test.waves[i], Path(test.files[i]).name
 
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> dict:
@@ -399,3 +441,9 @@ class AudioDomain(Domain):
         if len(waves) < 2 or not math.isfinite(out.get("fid", 0.0)):
             out.pop("fid", None)
         return out
+
+    # ------------------------------------------------------------------ shipped model
+    def default_checkpoint(self) -> Path | None:
+        """The FSDD digit model shipped in the package (see weights/fsdd/MODEL_CARD.md)."""
+        path = WEIGHTS_DIR / "fsdd"
+        return path if (path / "checkpoint.json").is_file() else None

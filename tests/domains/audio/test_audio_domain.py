@@ -111,8 +111,14 @@ def test_mel_config_mismatch_raises(domain, synth_cfg, data_config):
 def test_write_read_and_spectrograms(domain, synth_cfg, data_config, tmp_path):
     batch = domain.collate(domain.load_dataset(synth_cfg["data"], "valid")[:2], data_config)
     objs = domain.decode(batch.x0, batch.cond, data_config)
-    paths = domain.write(objs, [7, 12], tmp_path, data_config)
-    assert [p.name for p in paths] == ["00000007.wav", "00000012.wav"]
+    domain.template([7, 12], synth_cfg, data_config)  # sample.spectrograms (default on): a picture beside each WAV
+    written = domain.write(objs, [7, 12], tmp_path, data_config)
+    assert [[p.name for p in pair] for pair in written] == [["00000007.wav", "00000007.png"], ["00000012.wav", "00000012.png"]]
+    assert all(pair[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for pair in written)
+    paths = [pair[0] for pair in written]
+    domain.template([7, 12], dict(synth_cfg, sample=dict(synth_cfg["sample"], spectrograms=False)), data_config)
+    assert [p.name for p in domain.write(objs, [7, 12], tmp_path / "plain", data_config)] == ["00000007.wav", "00000012.wav"]
+    assert not list((tmp_path / "plain").glob("*.png"))
     info = sf.info(str(paths[0]))
     assert info.samplerate == RATE and info.frames == 4000 and info.subtype == "PCM_16"
     back = domain.read(paths[0])
@@ -167,5 +173,11 @@ def test_cli_train_sample_evaluate_on_synthesised_audio(synth_dir, tmp_path):
         assert rate == RATE and wave.shape == (4000,) and np.isfinite(wave).all()
     manifest = out / "manifest.jsonl"
     assert manifest.is_file() and len(manifest.read_text().splitlines()) == 4
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [r["companions"] for r in rows] == [[f"{i:08d}.png"] for i in range(4)]
+    assert all((out / r["companions"][0]).is_file() for r in rows)
+    (out / "00000002.png").unlink()  # a listed companion went missing: the rerun makes its shard again
+    run("sample", run_dir, "-n", "4", "--steps", "5", "--out", out, "sample.griffin_lim_iters=4")
+    assert (out / "00000002.png").is_file() and [json.loads(x) for x in manifest.read_text().splitlines()] == rows
     m = json.loads(run("evaluate", "audio", out, "--checkpoint", run_dir, "--json"))
     assert m["files"] == 4 and m["n"] == 4 and abs(m["duration_s"] - 0.5) < 1e-9 and np.isfinite(m["rms"])
