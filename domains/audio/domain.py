@@ -12,6 +12,7 @@ Objects (``decode`` / ``read``): dicts ``{"wave": float32 ndarray, "sample_rate"
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -58,7 +59,8 @@ class AudioDomain(Domain):
             "train": {"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999, "steps": 20000, "bf16": False,
                       "ckpt_every": 1000, "log_every": 100, "grad_clip": 1.0},
             "sample": {"sampler": "dpmpp_2m", "steps": 50, "batch_size": 64, "shard_size": 100, "label": -1,
-                       "griffin_lim_iters": 32, "spectrograms": True, "inpaint": "", "inpaint_span": [], "inpaint_fade": 0.01},
+                       "griffin_lim_iters": 32, "spectrograms": True, "inpaint": "", "inpaint_span": [], "inpaint_fade": 0.01,
+                       "vocoder": "griffin_lim"},
         }
 
     # ------------------------------------------------------------------ mel configuration
@@ -235,8 +237,18 @@ class AudioDomain(Domain):
         if cfg.get("data"):
             self.check_mel(data_config, self.mel_config(cfg), "the checkpoint's mel settings vs the run's data.mel")
         s = cfg.get("sample") or {}
+        vocoder = str(s.get("vocoder") or "griffin_lim")
+        # decode() takes its batch's seeds from this queue in template order (batch generation decodes
+        # one batch behind while the next template is made, so a single slot would be overwritten)
+        pending = self._decode_opts.get("seeds")
+        pending = pending if pending is not None else collections.deque(maxlen=8)
+        if vocoder != "griffin_lim":
+            from .vocoder import load_vocoder
+
+            load_vocoder(vocoder).check_mel(self.mel_config(data_config), f"vocoder {vocoder} vs the mel model")
+            pending.append([int(v) for v in seeds])
         self._decode_opts = {"griffin_lim_iters": int(s.get("griffin_lim_iters", 32)),
-                             "spectrograms": bool(s.get("spectrograms", True))}
+                             "spectrograms": bool(s.get("spectrograms", True)), "vocoder": vocoder, "seeds": pending}
         spec = self._inpaint_spec(cfg, data_config)
         self._decode_opts["inpaint"] = spec
         n = len(seeds)
@@ -275,8 +287,22 @@ class AudioDomain(Domain):
                                     f"(expected (B, 1, {mel_cfg.n_mels}, frames))")
         mel = mel[:, 0].clamp(-1.0, 1.0)
         L = int(data_config["samples"])
-        iters = int(self._decode_opts.get("griffin_lim_iters", 32))
-        wave = mel_to_waveform(mel, mel_cfg, n_iter=iters, length=L)
+        vocoder = self._decode_opts.get("vocoder", "griffin_lim")
+        if vocoder == "griffin_lim":
+            iters = int(self._decode_opts.get("griffin_lim_iters", 32))
+            wave = mel_to_waveform(mel, mel_cfg, n_iter=iters, length=L)
+        else:  # a vocoder checkpoint; its noise keyed by the batch's seeds (template's), else by position
+            from .vocoder import load_vocoder
+
+            voc = load_vocoder(vocoder, x0["mel"].device)
+            voc.check_mel(mel_cfg, f"vocoder {vocoder} vs the mel model")
+            pending, seeds = self._decode_opts.get("seeds") or collections.deque(), list(range(mel.shape[0]))
+            while pending:
+                got = pending.popleft()
+                if len(got) == mel.shape[0]:
+                    seeds = got
+                    break
+            wave = voc(mel.to(x0["mel"].device), seeds, L).float().cpu()
         names = data_config.get("label_names") or []
         labels = cond.get("label") if isinstance(cond, dict) else None
         out = []
