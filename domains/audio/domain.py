@@ -55,7 +55,7 @@ class AudioDomain(Domain):
             "model": {"network": "unet1d", "channels": 96, "mults": [1, 2, 2], "res_blocks": 2, "emb_dim": 0,
                       "dropout": 0.0},
             "process": {"name": "vp_cosine"},
-            "objective": {"prediction": "eps", "condition_dropout": 0.1},
+            "objective": {"prediction": "v", "condition_dropout": 0.1},
             "train": {"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999, "steps": 20000, "bf16": False,
                       "ckpt_every": 1000, "log_every": 100, "grad_clip": 1.0},
             "sample": {"sampler": "dpmpp_2m", "steps": 50, "batch_size": 64, "shard_size": 100, "label": -1,
@@ -238,6 +238,14 @@ class AudioDomain(Domain):
             self.check_mel(data_config, self.mel_config(cfg), "the checkpoint's mel settings vs the run's data.mel")
         s = cfg.get("sample") or {}
         vocoder = str(s.get("vocoder") or "griffin_lim")
+        if vocoder == "shipped":
+            from .vocoder import VocoderDomain
+
+            shipped = VocoderDomain().default_checkpoint()
+            if shipped is None:
+                raise InputError("audio: sample.vocoder=shipped, but this installation has no shipped vocoder "
+                                 "(use griffin_lim or a vocoder checkpoint folder)")
+            vocoder = str(shipped)
         # decode() takes its batch's seeds from this queue in template order (batch generation decodes
         # one batch behind while the next template is made, so a single slot would be overwritten)
         pending = self._decode_opts.get("seeds")
@@ -467,6 +475,21 @@ class AudioDomain(Domain):
         if len(waves) < 2 or not math.isfinite(out.get("fid", 0.0)):
             out.pop("fid", None)
         return out
+
+    def reference_metrics(self, griffin_lim_iters: int = 32) -> dict[str, dict]:
+        """The protocol's anchors on FSDD (needs FSDD): ``test`` = the 250 test-split clips scored like
+        generated clips, ``griffin_lim`` = the same clips through their mels and Griffin-Lim (the best
+        a perfect mel model can score on the Griffin-Lim path)."""
+        from .data import load_fsdd
+
+        test = load_fsdd("test", length=8000)
+        names = test.label_names
+        objs = [{"wave": test.waves[i].numpy(), "sample_rate": 8000, "label_name": names[int(test.labels[i])]}
+                for i in range(len(test))]
+        cfg = MelConfig()
+        rec = mel_to_waveform(waveform_to_mel(test.waves, cfg), cfg, n_iter=griffin_lim_iters, length=8000)
+        return {"test": self.metrics(objs, {}),
+                "griffin_lim": self.metrics([dict(o, wave=rec[i].numpy()) for i, o in enumerate(objs)], {})}
 
     # ------------------------------------------------------------------ shipped model
     def default_checkpoint(self) -> Path | None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -275,6 +274,12 @@ class VocoderDomain(Domain):
                     f.write(np.clip(np.asarray(obj["wave"], dtype=np.float32), -1.0, 1.0))
             paths.append(path)
         return paths
+
+    # ------------------------------------------------------------------ shipped model
+    def default_checkpoint(self) -> Path | None:
+        """The FSDD vocoder shipped in the package (``sample.vocoder=shipped`` of the audio domain)."""
+        path = Path(__file__).parent / "weights" / "fsdd_vocoder"
+        return path if (path / "checkpoint.json").is_file() else None
 
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> dict:

@@ -1,0 +1,259 @@
+"""Audio benchmark: training and generation speed of the mel model (and the neural vocoder), and the
+quality table of the shipped models against FSDD's test split.
+
+    python bench/audio.py                          # speed + quality (1000 clips per row)
+    python bench/audio.py --speed-only
+    python bench/audio.py --quality-only --samples 500 --guidance 0 1 2
+
+Speed: training clips per second (FSDD batches of 32 1-s clips, mels computed in the step, AdamW),
+generation real-time factor (RTF: seconds of compute per second of audio, lower is better; 0.01 is
+100x faster than real time) for mel sampling + Griffin-Lim and for the neural vocoder at its step
+counts, peak memory; on the GPU when there is one (bf16 autocast / torch.compile there), else the CPU.
+Quality: DiffWave's protocol (FID, IS, mIS, AM, NDB/K against the training split; accuracy and
+per-class FID of the digits asked for), for the shipped model and, as anchors, the test split itself
+and its Griffin-Lim reconstruction. Prints the tables and appends the run to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_results, peak_memory_mib, run_header, sync, table  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    import sciffusion  # noqa: F401
+except ImportError:
+    sys.exit("install sciffusion first (README set-up command)")
+
+from sciffusion.core.checkpoint import load_checkpoint  # noqa: E402
+from sciffusion.core.config import load_toml  # noqa: E402
+from sciffusion.core.domain import denoiser_from_checkpoint, resolve_config  # noqa: E402
+from sciffusion.core.grids import make_grid  # noqa: E402
+from sciffusion.core.guidance import ClassifierFreeGuidance  # noqa: E402
+from sciffusion.core.noise import ExampleNoise  # noqa: E402
+from sciffusion.core.registry import get_domain  # noqa: E402
+from sciffusion.core.samplers import get_sampler, prior  # noqa: E402
+from sciffusion.domains.audio.data import fsdd_root, load_fsdd  # noqa: E402
+
+CONFIG = ROOT / "domains" / "audio" / "configs" / "fsdd_small.toml"
+
+
+def clips(n: int, length: int = 8000) -> list[dict]:
+    """FSDD training clips (or, without FSDD, noise bursts: speed does not depend on content)."""
+    if fsdd_root() is not None:
+        data = load_fsdd("train", length=length)
+        return [{"wave": data.waves[i % len(data)], "label": data.label_names[int(data.labels[i % len(data)])],
+                 "sample_rate": 8000} for i in range(n)]
+    g = torch.Generator().manual_seed(0)
+    return [{"wave": 0.1 * torch.randn(length, generator=g), "label": str(i % 10), "sample_rate": 8000} for i in range(n)]
+
+
+def mel_model(device: torch.device):
+    """The shipped mel model when there is one, else a fresh network of the shipped configuration."""
+    domain = get_domain("audio")
+    shipped = domain.default_checkpoint()
+    if shipped is not None:
+        ckpt = load_checkpoint(shipped)
+        return domain, ckpt.config, ckpt.data_config, denoiser_from_checkpoint(domain, ckpt, device=device), "shipped"
+    cfg = resolve_config(domain, load_toml(CONFIG))
+    dc = domain.data_config(clips(20), cfg)
+    dc["label_names"] = [str(i) for i in range(10)]
+    return domain, cfg, dc, domain.build_denoiser(cfg, dc).to(device).eval(), "untrained (shipped size)"
+
+
+# ----------------------------------------------------------------------------- speed
+
+
+def bench_training(device: torch.device, steps: int, batch: int = 32, bf16: bool = False, compile_: bool = False) -> dict:
+    domain = get_domain("audio")
+    cfg = resolve_config(domain, load_toml(CONFIG))
+    examples = clips(batch * (steps + 2))
+    dc = domain.data_config(examples, cfg)
+    den = domain.build_denoiser(cfg, dc).to(device)
+    obj = domain.build_objective(cfg)
+    if compile_:
+        den.network = torch.compile(den.network)
+    opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(steps + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        b = domain.collate(examples[i * batch:(i + 1) * batch], dc).to(device)  # mels are part of the step
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            loss = obj(den, b.x0, b.cond, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if i >= 2:  # warm-up (and compilation) excluded
+            times.append(time.perf_counter() - t0)
+    sec = sum(times) / len(times)
+    params = sum(p.numel() for p in den.network.parameters())
+    return {"params": params, "sec_per_step": sec, "clips_per_s": batch / sec, "peak_mib": peak_memory_mib(device)}
+
+
+@torch.no_grad()
+def bench_generation(device: torch.device, batch: int, steps: int | None = None, gl_iters: int | None = None) -> dict:
+    """Mel sampling with the model's default sampler, steps and guidance, then Griffin-Lim; RTFs."""
+    domain, cfg, dc, den, which = mel_model(device)
+    s = cfg["sample"]
+    steps = steps or int(s["steps"])
+    gl = gl_iters or int(s.get("griffin_lim_iters", 32))
+    cfg = dict(cfg, sample=dict(s, griffin_lim_iters=gl))
+    seeds = list(range(batch))
+    tpl = domain.template(seeds, cfg, dc).to(device)
+    guidance = float(s.get("guidance", 0.0))
+    model = den if guidance <= 0 else ClassifierFreeGuidance(den, guidance, {"label": torch.full((batch,), len(dc["label_names"]), device=device)})
+    grid = make_grid(s.get("grid", "karras"), den.process, steps)
+    sampler = get_sampler(s["sampler"])
+    noise = ExampleNoise(seeds)
+    noise.seeds = noise.seeds.to(device)
+    x = prior(den.process, tpl.x0, noise, t=float(grid[0]))
+    sampler(model, x, grid[:3], tpl.cond, noise=noise)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    x0 = sampler(model, x, grid, tpl.cond, noise=noise)
+    sync(device)
+    t1 = time.perf_counter()
+    domain.decode(x0, tpl.cond, dc)
+    t2 = time.perf_counter()
+    audio_s = batch * float(dc["seconds"])
+    nfe = steps * (2 if guidance > 0 else 1)
+    return {"which": which, "sampler": s["sampler"], "steps": steps, "nfe": nfe, "guidance": guidance, "gl": gl,
+            "mel_rtf": (t1 - t0) / audio_s, "gl_rtf": (t2 - t1) / audio_s, "rtf": (t2 - t0) / audio_s,
+            "peak_mib": peak_memory_mib(device)}
+
+
+@torch.no_grad()
+def bench_vocoder(device: torch.device, batch: int, steps_list: list[int]) -> list[dict]:
+    """The shipped neural vocoder on FSDD mels at each step count (its default sampler and grid)."""
+    from sciffusion.domains.audio.mel import waveform_to_mel
+    from sciffusion.domains.audio.vocoder import Vocoder, VocoderDomain
+
+    shipped = VocoderDomain().default_checkpoint()
+    if shipped is None:
+        return []
+    voc = Vocoder(shipped, device)
+    L = int(voc.ckpt.data_config["samples"])
+    waves = torch.stack([torch.as_tensor(c["wave"]) for c in clips(batch, L)])
+    mel = waveform_to_mel(waves, voc.mel_config)
+    grid_name = voc.config["sample"]["grid"]
+    out = []
+    for steps in steps_list:
+        voc.grid = make_grid(grid_name, voc.denoiser.process, steps)
+        voc(mel[:2], [0, 1], L)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        t0 = time.perf_counter()
+        voc(mel, list(range(batch)), L)
+        sync(device)
+        out.append({"steps": steps, "grid": grid_name, "sampler": voc.config["sample"]["sampler"],
+                    "rtf": (time.perf_counter() - t0) / (batch * L / voc.mel_config.sample_rate),
+                    "peak_mib": peak_memory_mib(device)})
+    return out
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+def quality_rows(samples: int, guidances: list[float], batch: int) -> list[list[str]]:
+    from sciffusion import api
+
+    domain = get_domain("audio")
+    rows = []
+
+    def row(name: str, m: dict, extra: str = "") -> None:
+        rows.append([name, str(int(m["n"])), f"{m['fid']:.2f}", f"{m['is']:.2f}", f"{m['mis']:.1f}", f"{m['am']:.3f}",
+                     f"{m['ndb_k']:.2f}", f"{100 * m['accuracy']:.1f}" if "accuracy" in m else "-",
+                     f"{m['fid_class']:.2f}" if "fid_class" in m else "-", extra])
+        print("  " + " | ".join(rows[-1]), flush=True)
+
+    anchors = domain.reference_metrics()
+    row("FSDD test split (250 clips)", anchors["test"])
+    row("test split, Griffin-Lim (32 it.) of its mels", anchors["griffin_lim"])
+    if domain.default_checkpoint() is None:
+        return rows
+    for g in guidances:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = api.sample("audio", Path(tmp) / "out", n=samples, batch_size=batch, guidance=g, progress=False)
+            sec = time.perf_counter() - t0
+            m = api.evaluate("audio", [res.out])
+        row(f"shipped model, guidance {g:g}", m, f"{samples / sec:.1f}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--quality-only", action="store_true")
+    ap.add_argument("--train-steps", type=int, default=5, help="timed training steps (after 2 warm-up steps)")
+    ap.add_argument("--batch", type=int, default=64, help="generation batch")
+    ap.add_argument("--vocoder-steps", type=int, nargs="+", default=[6, 12, 50])
+    ap.add_argument("--samples", type=int, default=1000, help="clips per quality row")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sections = []
+    if not args.quality_only:
+        print("training speed ...", flush=True)
+        rows = []
+        variants = [("float32", False, False)]
+        if device.type == "cuda":
+            variants += [("bf16 autocast", True, False), ("bf16 + torch.compile", True, True)]
+        for name, bf16, comp in variants:
+            r = bench_training(device, args.train_steps, bf16=bf16, compile_=comp)
+            rows.append([name, f"{r['params']:,}", "32", f"{r['sec_per_step']:.3f}", f"**{r['clips_per_s']:.1f}**",
+                         f"{r['peak_mib']:.0f}"])
+        sections.append("### Training the mel model (fsdd_small: 1-D U-Net, 1 s FSDD clips)\n\n" + table(
+            ["precision", "parameters", "batch", "s / step", "clips / s", "peak MiB"], rows))
+        print("generation speed ...", flush=True)
+        r = bench_generation(device, args.batch)
+        rows = [[r["which"], f"{r['sampler']} {r['steps']} steps, guidance {r['guidance']:g} ({r['nfe']} NFE)",
+                 str(args.batch), f"{r['mel_rtf']:.4f}", f"Griffin-Lim {r['gl']} it.: {r['gl_rtf']:.4f}",
+                 f"**{r['rtf']:.4f}** ({1 / r['rtf']:.0f}x real time)", f"{r['peak_mib']:.0f}"]]
+        for v in bench_vocoder(device, args.batch, args.vocoder_steps):
+            rows.append(["shipped vocoder (on FSDD mels)", "-", str(args.batch), "-",
+                         f"{v['sampler']} {v['steps']} steps ({v['grid']}): {v['rtf']:.4f}",
+                         f"**{v['rtf']:.4f}** ({1 / v['rtf']:.0f}x real time)", f"{v['peak_mib']:.0f}"])
+        sections.append("### Generation real-time factor (seconds of compute per second of 8 kHz audio)\n\n" + table(
+            ["model", "mel sampling", "batch", "mel RTF", "waveform RTF", "total RTF", "peak MiB"], rows))
+    if not args.quality_only and not args.speed_only or args.quality_only:
+        if fsdd_root() is None:
+            print("quality: skipped, FSDD not found (../shared/data/fsdd or $SCIFFUSION_FSDD)")
+        else:
+            print("quality ...", flush=True)
+            rows = quality_rows(args.samples, args.guidance, args.batch)
+            sections.append("### Quality against FSDD (DiffWave's protocol; classifier trained here on the train split)\n\n"
+                            + table(["clips", "n", "FID", "IS", "mIS", "AM", "NDB/K", "accuracy %", "FID-class",
+                                     "clips / s (with writing)"], rows))
+    text = "\n".join(run_header("audio.py", argv if argv is not None else sys.argv[1:], device)) + "\n\n" + "\n\n".join(sections) + "\n"
+    print(text)
+    if not args.no_append:
+        print(f"appended to {append_results('Audio', text)}")
+
+
+if __name__ == "__main__":
+    main()
