@@ -201,6 +201,12 @@ def quality_rows(samples: int, guidances: list[float], batch: int) -> list[list[
 # ----------------------------------------------------------------------------- main
 
 
+def speedup(rtf: float) -> str:
+    x = 1.0 / rtf
+    return f"{x:.0f}x faster than real time" if x >= 10 else (f"{x:.1f}x faster than real time" if x >= 1 else
+                                                                f"{rtf:.1f}x slower than real time")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speed-only", action="store_true")
@@ -233,11 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         r = bench_generation(device, args.batch)
         rows = [[r["which"], f"{r['sampler']} {r['steps']} steps, guidance {r['guidance']:g} ({r['nfe']} NFE)",
                  str(args.batch), f"{r['mel_rtf']:.4f}", f"Griffin-Lim {r['gl']} it.: {r['gl_rtf']:.4f}",
-                 f"**{r['rtf']:.4f}** ({1 / r['rtf']:.0f}x real time)", f"{r['peak_mib']:.0f}"]]
+                 f"**{r['rtf']:.4f}** ({speedup(r['rtf'])})", f"{r['peak_mib']:.0f}"]]
         for v in bench_vocoder(device, args.batch, args.vocoder_steps):
             rows.append(["shipped vocoder (on FSDD mels)", "-", str(args.batch), "-",
                          f"{v['sampler']} {v['steps']} steps ({v['grid']}): {v['rtf']:.4f}",
-                         f"**{v['rtf']:.4f}** ({1 / v['rtf']:.0f}x real time)", f"{v['peak_mib']:.0f}"])
+                         f"**{v['rtf']:.4f}** ({speedup(v['rtf'])})", f"{v['peak_mib']:.0f}"])
         sections.append("### Generation real-time factor (seconds of compute per second of 8 kHz audio)\n\n" + table(
             ["model", "mel sampling", "batch", "mel RTF", "waveform RTF", "total RTF", "peak MiB"], rows))
     if not args.quality_only and not args.speed_only or args.quality_only:

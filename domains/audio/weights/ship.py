@@ -104,7 +104,7 @@ VM (no GPU was lent): 1-D mel U-Net (mel bands as channels) width {model['channe
 dropout {cfg['objective'].get('condition_dropout')} (classifier-free guidance); batch {train['batch_size']}, AdamW lr {train['lr']}, {train['warmup_steps']}
 warm-up steps, {train['decay']} decay, EMA {train['ema_decay']}; {ckpt.step} steps
 = {ckpt.step * train['batch_size'] / 2250:.0f} epochs.
-Training loss (eps MSE): {_losses(log)}.
+Training loss (v-prediction, as logged): {_losses(log)}.
 
 ## Sampling
 Default: {s['sampler']} on the {s.get('grid', 'karras')} grid, {s['steps']} steps, classifier-free guidance {s.get('guidance', 0)}
@@ -145,10 +145,10 @@ def _vocoder_section(log: str | None, clips: int) -> str:
 DiffWave-style mel-conditioned waveform diffusion (`docs/audio.md`, Vocoder) trained on the same FSDD
 training split with `domains/audio/configs/vocoder_small.toml` on one CPU core: {m['residual_channels']} residual
 channels, {m['layers']} layers ({n_params:,} parameters), EMA of step {ckpt.step}; default sampler
-{s['sampler']}, {s['steps']} steps on the {s['grid']} grid. Training loss: {_losses(log)}.
+{s['sampler']}, {s['steps']} steps on the {s['grid']} grid. Training loss (eps MSE): {_losses(log)}.
 Copy-synthesis of FSDD test clips from their mels (lower is better), against Griffin-Lim:
 
-{quality(str(VOCODER), clips, schedules, 32)}
+{quality(str(VOCODER), clips, schedules, 32).replace(str(VOCODER), 'domains/audio/weights/fsdd_vocoder')}
 
 Trained this briefly it stays far behind Griffin-Lim, which therefore remains the default
 (`sample.vocoder=griffin_lim`).
