@@ -39,7 +39,19 @@ def export(run: str, sampler: str | None, grid: str | None, steps: int | None) -
     print(f"exported step {ckpt.step} (EMA) of {ckpt.path} -> {TARGET} ({meta['hash'][:12]})")
 
 
-def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, log: str | None, sweep: str | None) -> None:
+def _check_source(folder: Path, ckpt, samples: int) -> Path:
+    """A finished samples folder of this checkpoint with the model's default sampling and ``samples`` seeds."""
+    run = json.loads((folder / "run.json").read_text())
+    rows = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    s = ckpt.config["sample"]
+    if run.get("checkpoint_hash") != ckpt.hash or len(rows) != samples or any(
+            (r["sampler"], r["steps"], r["grid"]) != (s["sampler"], s["steps"], s["grid"]) for r in rows):
+        sys.exit(f"{folder}: not {samples} finished samples of the shipped model with its default sampler")
+    return folder
+
+
+def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, log: str | None, sweep: str | None,
+         source: str | None = None) -> None:
     from sciffusion import api
     from sciffusion.core.checkpoint import load_checkpoint
     from sciffusion.domains.molecules.metrics import qm9_reference_smiles
@@ -49,14 +61,18 @@ def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, l
     sampler = sampler or cfg["sample"]["sampler"]
     grid = grid or cfg["sample"]["grid"]
     nfe = nfe or cfg["sample"]["steps"]
+    from sciffusion.core.registry import get_domain
+
+    dom = get_domain("molecules")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = api.sample("molecules", Path(tmp) / "out", n=samples, sampler=sampler, steps=nfe, grid=grid, progress=False)
-        seconds = time.perf_counter() - t0
-        from sciffusion.core.registry import get_domain
-
-        dom = get_domain("molecules")
-        mols = [m for f in sorted(res.out.glob("*.sdf")) for m in dom.read(f)]
+        if source:  # samples made beforehand (e.g. under torchrun) with the shipped model's defaults
+            out, seconds = _check_source(Path(source), ckpt, samples), None
+        else:
+            out = api.sample("molecules", Path(tmp) / "out", n=samples, sampler=sampler, steps=nfe, grid=grid,
+                             progress=False).out
+            seconds = time.perf_counter() - t0
+        mols = [m for f in sorted(out.glob("*.sdf")) for m in dom.read(f)]
         from sciffusion.domains.molecules.metrics import evaluate_molecules
 
         m = evaluate_molecules(mols, train_smiles=qm9_reference_smiles())
@@ -101,12 +117,13 @@ novelty against the training split's SMILES.
 
 | metric | % |
 |---|---|
-""" + "\n".join(f"| {k} | {v:.2f} |" for k, v in rows if v is not None) + f"""
+""" + "\n".join(f"| {k} | {v:.2f} |" for k, v in rows if v is not None) + """
 
 For comparison (10,000 samples, from the papers): EDM (1000 NFE) atom 98.7, molecule 82.0,
 valid 91.9, V x U 90.7; the data itself 99.0 / 95.2 / 97.7.
 
-Generation: {samples:,} molecules in {seconds:.0f} s including SDF writing ({samples / seconds:.1f} / s).
+""" + (f"Generation: {samples:,} molecules in {seconds:.0f} s including SDF writing ({samples / seconds:.1f} / s)."
+       if seconds else f"Generated beforehand into `{Path(source).name}` (two CPU processes under torchrun).") + """
 """ + (f"\n## Sampler and step count\n\n{Path(sweep).read_text()}\n" if sweep and Path(sweep).is_file() else "") + f"""
 ## Measured on
 {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPU cores, no GPU;
@@ -131,11 +148,12 @@ def main() -> None:
     c.add_argument("--grid", default=None)
     c.add_argument("--log", default="runs/qm9_small/log.jsonl")
     c.add_argument("--sweep", default=None, help="a markdown file with the sampler sweep table to include")
+    c.add_argument("--from", dest="source", default=None, help="score this finished samples folder instead of sampling")
     args = ap.parse_args()
     if args.cmd == "export":
         export(args.run, args.sampler, args.grid, args.steps)
     else:
-        card(args.samples, args.nfe, args.sampler, args.grid, args.log, args.sweep)
+        card(args.samples, args.nfe, args.sampler, args.grid, args.log, args.sweep, args.source)
 
 
 if __name__ == "__main__":
