@@ -86,6 +86,12 @@ def fid(gen_features, ref_features) -> float:
     return frechet_distance(*gaussian_stats(gen_features), *gaussian_stats(ref_features))
 
 
+def _per_class_fid_defined(gen_labels, ref_labels) -> bool:
+    """Whether every class present in ``gen_labels`` has >= 2 clips on both sides."""
+    gl, rl = np.asarray(gen_labels), np.asarray(ref_labels)
+    return all((gl == c).sum() >= 2 and (rl == c).sum() >= 2 for c in np.unique(gl))
+
+
 def per_class_fid(gen_features, gen_labels, ref_features, ref_labels) -> float:
     """Mean over the classes present in ``gen_labels`` of the FID between that class's generated
     and reference features (classes need >= 2 clips on each side)."""
@@ -182,7 +188,7 @@ def evaluate_samples(classifier, gen_waves, ref_waves, gen_labels=None, ref_labe
                      ndb_bins: int = 50, seed: int = 0) -> dict:
     """The whole protocol for generated clips against real reference clips, with one classifier:
     fid, is, mis, am, ndb_k (+ accuracy and fid_class when ``gen_labels`` are given; fid_class
-    needs ``ref_labels``)."""
+    needs ``ref_labels`` and is left out when a generated class has fewer than 2 clips)."""
     gf, gl = classifier.features_and_logits(gen_waves)
     rf, rl = classifier.features_and_logits(ref_waves)
     out = {"n": int(gf.shape[0]), "fid": fid(gf, rf), "is": inception_score(gl, logits=True),
@@ -190,7 +196,7 @@ def evaluate_samples(classifier, gen_waves, ref_waves, gen_labels=None, ref_labe
            "ndb_k": ndb_k(gf, rf, k=min(ndb_bins, rf.shape[0]), seed=seed)["ndb_k"]}
     if gen_labels is not None:
         out["accuracy"] = accuracy(gl, gen_labels)
-        if ref_labels is not None:
+        if ref_labels is not None and _per_class_fid_defined(gen_labels, ref_labels):
             out["fid_class"] = per_class_fid(gf, gen_labels, rf, ref_labels)
     return out
 

@@ -168,3 +168,23 @@ def test_griffin_lim_reconstruction_keeps_the_digits(fsdd_protocol):
     out = M.evaluate_samples(p["clf"], rec, p["train"], gen_labels=y, ref_labels=p["train"].labels)
     # measured: accuracy 0.992, FID 0.45, IS 9.3 (the same 125 real clips: 1.000, 0.45, 9.4)
     assert out["accuracy"] >= 0.95 and out["fid"] < 2.0, out
+
+
+def test_protocol_leaves_out_fid_class_when_a_class_has_one_clip():
+    class Fake:  # features = the first 3 samples, logits = the next 2
+        def features_and_logits(self, waves):
+            x = torch.stack([torch.as_tensor(w, dtype=torch.float64)[:5] for w in waves])
+            return x[:, :3], x[:, 3:]
+
+    g = torch.Generator().manual_seed(0)
+    ref = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(12)]
+    gen = [torch.randn(8, generator=g, dtype=torch.float64) for _ in range(5)]
+    ref_labels = torch.tensor([0, 1] * 6)
+    two_each = M.evaluate_samples(Fake(), gen[:4], ref, gen_labels=torch.tensor([0, 0, 1, 1]), ref_labels=ref_labels,
+                                  ndb_bins=3)
+    assert np.isfinite(two_each["fid_class"]) and "accuracy" in two_each
+    one_of_class_1 = M.evaluate_samples(Fake(), gen, ref, gen_labels=torch.tensor([0, 0, 0, 0, 1]),
+                                        ref_labels=ref_labels, ndb_bins=3)
+    assert "fid_class" not in one_of_class_1 and "accuracy" in one_of_class_1
+    with pytest.raises(ValueError, match="class 1: need >= 2"):
+        M.per_class_fid(gen, torch.tensor([0, 0, 0, 0, 1]), ref, ref_labels)
