@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ...core.domain import Batch, Domain
-from ...core.io import InputError, atomic_path
+from ...core.io import InputError
 from ...core.state import State
 from .data import FSDD_PATTERN, FSDD_SPLIT, EveryKSplit, GroupSplit, fsdd_root, load_audio_folder
 from .mel import MelConfig, MelConfigMismatch, mel_to_waveform, num_frames, waveform_to_mel
@@ -329,17 +329,12 @@ class AudioDomain(Domain):
         return out
 
     def write(self, objects: Sequence[dict], seeds: Sequence[int], folder: Path, data_config: dict) -> list[Path]:
-        import soundfile as sf
+        from .output import write_wav
 
         paths = []
         for obj, seed in zip(objects, seeds):
-            path = Path(folder) / f"{int(seed):08d}.wav"
-            with atomic_path(path) as tmp:
-                with sf.SoundFile(str(tmp), "w", samplerate=int(obj["sample_rate"]), channels=1, subtype="PCM_16",
-                                  format="WAV") as f:
-                    f.comment = json.dumps({"seed": int(seed), "label": obj.get("label_name")})
-                    f.software = "sciffusion audio"
-                    f.write(np.clip(np.asarray(obj["wave"], dtype=np.float32), -1.0, 1.0))
+            path = write_wav(Path(folder) / f"{int(seed):08d}.wav", obj["wave"], obj["sample_rate"],
+                             {"seed": int(seed), "label": obj.get("label_name")}, "sciffusion audio")
             if self._decode_opts.get("spectrograms") and obj.get("mel") is not None:
                 paths.append((path, self._picture(obj, int(seed), path.with_suffix(".png"), data_config)))
             else:

@@ -9,6 +9,7 @@ objects)`` writes one picture per object ``{stem}.png`` (objects are the dicts o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,19 @@ import numpy as np
 
 from ...core.io import atomic_path
 
-__all__ = ["spectrogram_png", "save_spectrograms"]
+__all__ = ["spectrogram_png", "save_spectrograms", "write_wav"]
+
+
+def write_wav(path: Path, wave, sample_rate: int, meta: dict, software: str) -> Path:
+    """One 16-bit mono WAV, written atomically, samples clipped to [-1, 1]; ``meta`` as JSON in its comment."""
+    import soundfile as sf
+
+    with atomic_path(path) as tmp:
+        with sf.SoundFile(str(tmp), "w", samplerate=int(sample_rate), channels=1, subtype="PCM_16", format="WAV") as f:
+            f.comment = json.dumps(meta)
+            f.software = software
+            f.write(np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0))
+    return path
 
 
 def _to_uint8(mel: np.ndarray) -> np.ndarray:

@@ -127,16 +127,27 @@ class MelUNet(nn.Module):
         return torch.where(lab < 0, torch.full_like(lab, self.num_classes), lab)
 
     def forward_tensor(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        B, _, H, W = x.shape
+        _, _, H, W = x.shape
         m = 2 ** (self.levels - 1)
         ph, pw = (-H) % m, (-W) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
+        out = self.trunk(x, self.embedding(t, cond, x))
+        return out[:, :, :H, :W]
+
+    def embedding(self, t, cond, x: torch.Tensor) -> torch.Tensor:
+        """Time embedding plus label embedding (B, emb_dim) for the batch ``x``."""
+        B = x.shape[0]
         t = torch.as_tensor(t, device=x.device).float().reshape(-1).expand(B)
         emb = self.time_mlp(timestep_embedding(t, self.temb_dim).to(x.dtype))
         lab = self.labels(cond, B, x.device)
         if lab is not None:
             emb = emb + self.label_emb(lab).to(emb.dtype)
+        return emb
+
+    def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """conv_in, the down path (skips kept), the middle, the up path (skips concatenated), conv_out;
+        any number of spatial axes (nearest upsampling by 2 in each)."""
         h = self.conv_in(x)
         hs = [h]
         for i, blocks in enumerate(self.down):
@@ -153,8 +164,7 @@ class MelUNet(nn.Module):
                 h = blk(torch.cat([h, hs.pop()], dim=1), emb)
             if j < len(self.upsample):
                 h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        out = self.conv_out(F.silu(self.norm_out(h)))
-        return out[:, :, :H, :W]
+        return self.conv_out(F.silu(self.norm_out(h)))
 
     def forward(self, x: State, t: torch.Tensor, cond=None) -> State:
         return x.like({self.field: self.forward_tensor(x[self.field], t, cond)})
@@ -236,35 +246,14 @@ class MelUNet1d(MelUNet):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward_tensor(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-        B, C, H, W = x.shape
+        _, C, H, W = x.shape
         if C != 1 or H != self.n_mels:
             raise ValueError(f"MelUNet1d: expected mels of shape (B, 1, {self.n_mels}, frames), got {tuple(x.shape)}")
         m = 2 ** (self.levels - 1)
         h = x[:, 0]
         if (-W) % m:
             h = F.pad(h, (0, (-W) % m))
-        t = torch.as_tensor(t, device=x.device).float().reshape(-1).expand(B)
-        emb = self.time_mlp(timestep_embedding(t, self.temb_dim).to(x.dtype))
-        lab = self.labels(cond, B, x.device)
-        if lab is not None:
-            emb = emb + self.label_emb(lab).to(emb.dtype)
-        h = self.conv_in(h)
-        hs = [h]
-        for i, blocks in enumerate(self.down):
-            for blk in blocks:
-                h = blk(h, emb)
-                hs.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-                hs.append(h)
-        for blk in self.mid:
-            h = blk(h, emb)
-        for j, blocks in enumerate(self.up):
-            for blk in blocks:
-                h = blk(torch.cat([h, hs.pop()], dim=1), emb)
-            if j < len(self.upsample):
-                h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = self.trunk(h, self.embedding(t, cond, x))
         return out[:, None, :, :W]
 
 

@@ -42,7 +42,7 @@ from ...core.checkpoint import check_domain, load_checkpoint
 from ...core.config import deep_merge
 from ...core.domain import Batch, Domain, denoiser_from_checkpoint
 from ...core.grids import make_grid
-from ...core.io import InputError, atomic_path
+from ...core.io import InputError
 from ...core.noise import ExampleNoise
 from ...core.objectives import DiffusionObjective
 from ...core.process import Process, TabulatedVP
@@ -261,19 +261,11 @@ class VocoderDomain(Domain):
         return out
 
     def write(self, objects: Sequence[dict], seeds: Sequence[int], folder: Path, data_config: dict) -> list[Path]:
-        import soundfile as sf
+        from .output import write_wav
 
-        paths = []
-        for obj, seed in zip(objects, seeds):
-            path = Path(folder) / f"{int(seed):08d}.wav"
-            with atomic_path(path) as tmp:
-                with sf.SoundFile(str(tmp), "w", samplerate=int(obj["sample_rate"]), channels=1, subtype="PCM_16",
-                                  format="WAV") as f:
-                    f.comment = json.dumps({"seed": int(seed), "source": obj.get("source")})
-                    f.software = "sciffusion vocoder"
-                    f.write(np.clip(np.asarray(obj["wave"], dtype=np.float32), -1.0, 1.0))
-            paths.append(path)
-        return paths
+        return [write_wav(Path(folder) / f"{int(seed):08d}.wav", obj["wave"], obj["sample_rate"],
+                          {"seed": int(seed), "source": obj.get("source")}, "sciffusion vocoder")
+                for obj, seed in zip(objects, seeds)]
 
     # ------------------------------------------------------------------ shipped model
     def default_checkpoint(self) -> Path | None:
