@@ -45,21 +45,26 @@ def _groups(ch: int) -> int:
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
+    """GroupNorm-SiLU-conv twice with the embedding as scale/shift in between, plus a skip; ``dims``
+    = 2 convolves (mel x time), 1 convolves time with mel bands as channels."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, dims: int = 2):
         super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+        self.dims = dims
         self.norm1 = nn.GroupNorm(_groups(cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv1 = conv(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
         self.drop = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.conv2 = conv(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.emb(F.silu(emb))[(...,) + (None,) * self.dims].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
@@ -177,29 +182,6 @@ def build_unet(model_cfg: dict, num_classes: int) -> MelUNet:
                    dropout=float(m.get("dropout", 0.0)))
 
 
-class ResBlock1d(nn.Module):
-    """``ResBlock`` over time only: mel bands are channels (Conv1d k3)."""
-
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
-        self.conv1 = nn.Conv1d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
-        self.drop = nn.Dropout(dropout)
-        self.conv2 = nn.Conv1d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.drop(F.silu(h)))
-        return self.skip(x) + h
-
-
 class MelUNet1d(MelUNet):
     """The U-Net over time alone, mel bands as input channels: the same conditioning, levels and
     skips as ``MelUNet`` with Conv1d, downsampling by 2 in time only. About ten times cheaper than the
@@ -224,18 +206,18 @@ class MelUNet1d(MelUNet):
         for i, w in enumerate(widths):
             blocks = nn.ModuleList()
             for _ in range(res_blocks):
-                blocks.append(ResBlock1d(ch, w, emb_dim, dropout))
+                blocks.append(ResBlock(ch, w, emb_dim, dropout, dims=1))
                 ch = w
                 skips.append(ch)
             self.down.append(blocks)
             if i < len(widths) - 1:
                 self.downsample.append(nn.Conv1d(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock1d(ch, ch, emb_dim, dropout), ResBlock1d(ch, ch, emb_dim, dropout)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, dims=1), ResBlock(ch, ch, emb_dim, dropout, dims=1)])
         for i, w in reversed(list(enumerate(widths))):
             blocks = nn.ModuleList()
             for _ in range(res_blocks + 1):
-                blocks.append(ResBlock1d(ch + skips.pop(), w, emb_dim, dropout))
+                blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, dropout, dims=1))
                 ch = w
             self.up.append(blocks)
             if i > 0:
