@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, peak_memory_mib, run_header, sync, table  # noqa: E402
+from common import append_results, peak_memory_mib, precision_variants, run_header, sync, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,10 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.quality_only:
         print("training speed ...", flush=True)
         rows = []
-        variants = [("float32", False, False)]
-        if device.type == "cuda":
-            variants += [("bf16 autocast", True, False), ("bf16 + torch.compile", True, True)]
-        for name, bf16, comp in variants:
+        for name, bf16, comp in precision_variants(device):
             r = bench_training(device, args.train_steps, bf16=bf16, compile_=comp)
             rows.append([name, f"{r['params']:,}", "32", f"{r['sec_per_step']:.3f}", f"**{r['clips_per_s']:.1f}**",
                          f"{r['peak_mib']:.0f}"])
@@ -246,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"**{v['rtf']:.4f}** ({speedup(v['rtf'])})", f"{v['peak_mib']:.0f}"])
         sections.append("### Generation real-time factor (seconds of compute per second of 8 kHz audio)\n\n" + table(
             ["model", "mel sampling", "batch", "mel RTF", "waveform RTF", "total RTF", "peak MiB"], rows))
-    if not args.quality_only and not args.speed_only or args.quality_only:
+    if not args.speed_only:
         if fsdd_root() is None:
             print("quality: skipped, FSDD not found (../shared/data/fsdd or $SCIFFUSION_FSDD)")
         else:

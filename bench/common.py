@@ -67,3 +67,12 @@ def append_results(section: str, text: str) -> Path:
     with open(path, "a") as f:
         f.write(f"\n## {section}\n\n" + text)
     return path
+
+
+def precision_variants(device) -> list[tuple[str, bool, bool]]:
+    """(name, bf16 autocast, torch.compile) rows a training benchmark times: float32, plus bf16 and
+    bf16 + compile on a GPU."""
+    variants = [("float32", False, False)]
+    if device.type == "cuda":
+        variants += [("bf16 autocast", True, False), ("bf16 + torch.compile", True, True)]
+    return variants

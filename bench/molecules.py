@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, peak_memory_mib, run_header, sync, table  # noqa: E402
+from common import append_results, peak_memory_mib, precision_variants, run_header, sync, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,10 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.quality_only:
         print("training speed ...", flush=True)
         rows = []
-        variants = [("float32", False, False)]
-        if device.type == "cuda":
-            variants += [("bf16 autocast", True, False), ("bf16 + torch.compile", True, True)]
-        for name, bf16, comp in variants:
+        for name, bf16, comp in precision_variants(device):
             r = bench_training(device, args.train_steps, bf16=bf16, compile_=comp)
             rows.append([name, f"{r['params']:,}", "64", f"{r['atoms_per_mol']:.1f}", f"{r['sec_per_step']:.3f}",
                          f"**{r['mol_per_s']:.1f}**", f"{r['peak_mib']:.0f}"])
