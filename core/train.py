@@ -108,7 +108,8 @@ TRAIN_DEFAULTS: dict = {
     "ddp_find_unused": "auto",  # DDP find_unused_parameters: "auto" probes the first batch once
 }
 
-#: Config keys that may differ between a run folder and the config that resumes it.
+#: Config keys that may differ between a run folder and the config that resumes it (besides the
+#: ``sample`` section, which only sets how the model is sampled, never how it is trained).
 RESUME_MAY_CHANGE = frozenset({
     "train.steps", "train.log_every", "train.val_every", "train.val_batches", "train.sample_every",
     "train.sample_n", "train.ckpt_every", "train.keep_last", "train.num_workers", "train.max_bad_steps",
@@ -1172,17 +1173,22 @@ def _check_folder(out: Path, cfg: dict, resume: bool) -> Path | None:
             raise InputError(f"{stored_path}: corrupt run config ({e})") from None
     else:
         stored = load_checkpoint(ckpt_path, verify=False).config
-    diffs = [k for k in config_differences(stored, cfg) if k not in RESUME_MAY_CHANGE]
+    diffs = [k for k in config_differences(stored, cfg) if not _may_change_on_resume(k)]
     if diffs:
         shown = "; ".join(f"{k}: {_dotted(stored, k)!r} in the folder, {_dotted(cfg, k)!r} given" for k in diffs[:6])
         more = f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else ""
-        raise InputError(f"{out}: cannot resume with a different configuration: {shown}{more}. Only train.steps "
-                         "and the logging/checkpoint cadence may change; train into a new folder for anything else")
+        raise InputError(f"{out}: cannot resume with a different configuration: {shown}{more}. Only train.steps, "
+                         "the logging/checkpoint cadence and the sample section may change; train into a new folder "
+                         "for anything else")
     step = _step_of(ckpt_path)
     if int(cfg["train"]["steps"]) < step:
         raise InputError(f"{out}: train.steps={cfg['train']['steps']} is below the step of the latest checkpoint "
                          f"({step}); raise train.steps to continue")
     return ckpt_path
+
+
+def _may_change_on_resume(key: str) -> bool:
+    return key in RESUME_MAY_CHANGE or key == "sample" or key.startswith("sample.")
 
 
 def _step_of(ckpt_path: Path) -> int:

@@ -438,10 +438,13 @@ def test_resume_with_a_changed_config_is_refused(points2d, points_data, tmp_path
     assert str(run) in msg and "train.lr" in msg and "model.hidden" in msg and "train.steps:" not in msg, msg
     with pytest.raises(InputError, match="already holds a training run"):
         train(points2d, _cfg(points2d, points_data, steps=4), run, device="cpu", resume=False, progress=False)
-    # steps and cadence may change
-    res = train(points2d, _cfg(points2d, points_data, steps=4, log_every=2, ckpt_every=1, keep_last=3), run,
-                device="cpu", progress=False)
+    # steps, cadence and the sampling defaults may change
+    resumed = _cfg(points2d, points_data, steps=4, log_every=2, ckpt_every=1, keep_last=3)
+    resumed["sample"] = {**resumed.get("sample", {}), "sampler": "ddpm", "steps": 7}
+    res = train(points2d, resumed, run, device="cpu", progress=False)
     assert res.step == 4
+    stored = json.loads((run / "config.json").read_text())["sample"]
+    assert stored["sampler"] == "ddpm" and stored["steps"] == 7
 
 
 def test_bad_input_is_a_clear_error(points2d, points2d_env, points_data, tmp_path):
