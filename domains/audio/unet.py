@@ -74,44 +74,49 @@ class MelUNet(nn.Module):
     def __init__(self, num_classes: int = 0, channels: int = 32, mults=(1, 2, 2), res_blocks: int = 1,
                  emb_dim: int | None = None, dropout: float = 0.0, field: str = "mel", in_channels: int = 1):
         super().__init__()
+        self.build(2, in_channels, num_classes, channels, mults, res_blocks, emb_dim, dropout, field)
+
+    def build(self, dims: int, data_channels: int, num_classes: int, channels: int, mults, res_blocks: int,
+              emb_dim: int | None, dropout: float, field: str) -> None:
+        """The embedding MLPs and the levels of ``dims``-D convolutions over ``data_channels`` input
+        channels (the parameter names are those of the shipped checkpoints)."""
+        name = type(self).__name__
         mults = [int(m) for m in mults]
-        if not mults or min(mults) < 1 or channels < 1 or res_blocks < 1:
-            raise ValueError(f"MelUNet: need channels >= 1, res_blocks >= 1 and positive mults, got "
-                             f"channels={channels}, mults={mults}, res_blocks={res_blocks}")
+        if not mults or min(mults) < 1 or channels < 1 or res_blocks < 1 or data_channels < 1:
+            raise ValueError(f"{name}: need channels >= 1, res_blocks >= 1, input channels >= 1 and positive "
+                             f"mults, got channels={channels}, mults={mults}, res_blocks={res_blocks}, "
+                             f"input channels={data_channels}")
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
         self.field, self.num_classes, self.levels = field, int(num_classes), len(mults)
         self.temb_dim = int(channels)
         emb_dim = int(emb_dim or 4 * channels)
         self.time_mlp = nn.Sequential(nn.Linear(self.temb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes > 0 else None
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.conv_in = conv(data_channels, channels, 3, padding=1)
         widths = [channels * m for m in mults]
-        self.down = nn.ModuleList()
-        self.downsample = nn.ModuleList()
-        skips = [channels]
-        ch = channels
+        self.down, self.downsample, self.up, self.upsample = (nn.ModuleList() for _ in range(4))
+        skips, ch = [channels], channels
         for i, w in enumerate(widths):
             blocks = nn.ModuleList()
             for _ in range(res_blocks):
-                blocks.append(ResBlock(ch, w, emb_dim, dropout))
+                blocks.append(ResBlock(ch, w, emb_dim, dropout, dims))
                 ch = w
                 skips.append(ch)
             self.down.append(blocks)
             if i < len(widths) - 1:
-                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.downsample.append(conv(ch, ch, 3, stride=2, padding=1))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), ResBlock(ch, ch, emb_dim, dropout)])
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, dims), ResBlock(ch, ch, emb_dim, dropout, dims)])
         for i, w in reversed(list(enumerate(widths))):
             blocks = nn.ModuleList()
             for _ in range(res_blocks + 1):
-                blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, dropout))
+                blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, dropout, dims))
                 ch = w
             self.up.append(blocks)
             if i > 0:
-                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+                self.upsample.append(conv(ch, ch, 3, padding=1))
         self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
+        self.conv_out = conv(ch, data_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -190,42 +195,8 @@ class MelUNet1d(MelUNet):
     def __init__(self, num_classes: int = 0, n_mels: int = 64, channels: int = 128, mults=(1, 2, 2),
                  res_blocks: int = 2, emb_dim: int | None = None, dropout: float = 0.0, field: str = "mel"):
         nn.Module.__init__(self)
-        mults = [int(m) for m in mults]
-        if not mults or min(mults) < 1 or channels < 1 or res_blocks < 1 or n_mels < 1:
-            raise ValueError(f"MelUNet1d: need channels, res_blocks, n_mels >= 1 and positive mults, got "
-                             f"channels={channels}, mults={mults}, res_blocks={res_blocks}, n_mels={n_mels}")
-        self.field, self.num_classes, self.levels, self.n_mels = field, int(num_classes), len(mults), int(n_mels)
-        self.temb_dim = int(channels)
-        emb_dim = int(emb_dim or 4 * channels)
-        self.time_mlp = nn.Sequential(nn.Linear(self.temb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes > 0 else None
-        self.conv_in = nn.Conv1d(n_mels, channels, 3, padding=1)
-        widths = [channels * m for m in mults]
-        self.down, self.downsample, self.up, self.upsample = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        skips, ch = [channels], channels
-        for i, w in enumerate(widths):
-            blocks = nn.ModuleList()
-            for _ in range(res_blocks):
-                blocks.append(ResBlock(ch, w, emb_dim, dropout, dims=1))
-                ch = w
-                skips.append(ch)
-            self.down.append(blocks)
-            if i < len(widths) - 1:
-                self.downsample.append(nn.Conv1d(ch, ch, 3, stride=2, padding=1))
-                skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, dims=1), ResBlock(ch, ch, emb_dim, dropout, dims=1)])
-        for i, w in reversed(list(enumerate(widths))):
-            blocks = nn.ModuleList()
-            for _ in range(res_blocks + 1):
-                blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, dropout, dims=1))
-                ch = w
-            self.up.append(blocks)
-            if i > 0:
-                self.upsample.append(nn.Conv1d(ch, ch, 3, padding=1))
-        self.norm_out = nn.GroupNorm(_groups(ch), ch)
-        self.conv_out = nn.Conv1d(ch, n_mels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        self.n_mels = int(n_mels)
+        self.build(1, self.n_mels, num_classes, channels, mults, res_blocks, emb_dim, dropout, field)
 
     def forward_tensor(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         _, C, H, W = x.shape
