@@ -28,7 +28,7 @@ from ...core.domain import Batch, Domain
 from ...core.io import InputError
 from ...core.state import State
 from .data import FSDD_PATTERN, FSDD_SPLIT, EveryKSplit, GroupSplit, fsdd_root, load_audio_folder
-from .mel import MelConfig, MelConfigMismatch, mel_to_waveform, num_frames, waveform_to_mel
+from .mel import MelConfig, MelConfigMismatch, clip_wave, mel_to_waveform, num_frames, waveform_to_mel
 
 CLASSIFIER_STEPS = 800
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -172,12 +172,7 @@ class AudioDomain(Domain):
         L = int(data_config["samples"])
         waves = []
         for e in examples:
-            if int(e.get("sample_rate", mel_cfg.sample_rate)) != mel_cfg.sample_rate:
-                raise MelConfigMismatch(f"audio: clip {e.get('file', '')} is at {e['sample_rate']} Hz, the model's mel "
-                                        f"settings expect {mel_cfg.sample_rate} Hz")
-            if "mel_config" in e:
-                mel_cfg.check_compatible(e["mel_config"], f"clip {e.get('file', '')} vs the model")
-            w = torch.as_tensor(e["wave"], dtype=torch.float32).reshape(-1)
+            w = clip_wave(e, mel_cfg, "audio")
             if w.shape[0] != L:
                 raise InputError(f"audio: clip {e.get('file', '')} has {w.shape[0]} samples, the model uses {L}")
             waves.append(w)

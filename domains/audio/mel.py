@@ -29,11 +29,23 @@ import torch
 import torchaudio
 
 __all__ = ["MelConfig", "MelConfigMismatch", "DEFAULT_MEL", "waveform_to_mel", "mel_to_waveform",
-           "mel_to_linear", "denormalise_mel", "mel_filterbank", "stft_magnitude", "num_frames"]
+           "mel_to_linear", "denormalise_mel", "mel_filterbank", "stft_magnitude", "num_frames", "clip_wave"]
 
 
 class MelConfigMismatch(ValueError):
     """Two mel configurations that must agree do not (e.g. a checkpoint's and the data's)."""
+
+
+def clip_wave(example: dict, mel: "MelConfig", who: str):
+    """The example's waveform as a float32 1-D tensor, after checking that its sample rate (and mel
+    settings, when it carries them) match ``mel``; ``who`` names the domain in the error."""
+    where = f"{who}: clip {example.get('file', '')}"
+    if int(example.get("sample_rate", mel.sample_rate)) != mel.sample_rate:
+        raise MelConfigMismatch(f"{where} is at {example['sample_rate']} Hz, the model's mel settings expect "
+                                f"{mel.sample_rate} Hz")
+    if "mel_config" in example:
+        mel.check_compatible(example["mel_config"], f"{where} vs the model")
+    return torch.as_tensor(example["wave"], dtype=torch.float32).reshape(-1)
 
 
 @dataclass(frozen=True)

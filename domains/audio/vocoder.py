@@ -50,7 +50,7 @@ from ...core.samplers import get_sampler, prior
 from ...core.state import State
 from .data import AUDIO_EXTENSIONS, crop_or_pad, load_audio_file
 from .domain import AudioDomain
-from .mel import MelConfig, MelConfigMismatch, num_frames, waveform_to_mel
+from .mel import MelConfig, MelConfigMismatch, clip_wave, num_frames, waveform_to_mel
 from .metrics import log_spectral_distance, mel_cepstral_distortion, spectral_convergence
 
 __all__ = ["VocoderDomain", "Vocoder", "load_vocoder", "linear_betas", "alphas_cumprod", "ddpm_linear_process",
@@ -163,10 +163,7 @@ class VocoderDomain(Domain):
         S = int(data_config["segment_samples"])
         segs = []
         for e in examples:
-            if int(e.get("sample_rate", mel_cfg.sample_rate)) != mel_cfg.sample_rate:
-                raise MelConfigMismatch(f"vocoder: clip {e.get('file', '')} is at {e['sample_rate']} Hz, the model's "
-                                        f"mel settings expect {mel_cfg.sample_rate} Hz")
-            w = torch.as_tensor(e["wave"], dtype=torch.float32).reshape(-1)
+            w = clip_wave(e, mel_cfg, "vocoder")
             if w.shape[0] < S:
                 w = torch.cat([w, w.new_zeros(S - w.shape[0])])
             active = int(e["active"]) if "active" in e else trailing_silence_start(w)

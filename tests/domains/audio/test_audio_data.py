@@ -218,3 +218,16 @@ def test_griffin_lim_on_fsdd_clips():
     # mean 0.14, median 0.13, max 0.29)
     assert np.mean(scs) < 0.22 and max(scs) < 0.4, scs
     assert stft_magnitude(test.waves[0], DEFAULT_MEL).shape[0] == 129
+
+
+def test_clip_wave_checks_the_rate_and_mel_settings_and_names_the_clip():
+    from sciffusion.domains.audio.mel import clip_wave
+
+    ok = {"wave": np.ones(8, dtype=np.float64), "sample_rate": DEFAULT_MEL.sample_rate, "file": "a.wav"}
+    w = clip_wave(ok, DEFAULT_MEL, "audio")
+    assert w.dtype == torch.float32 and w.shape == (8,)
+    with pytest.raises(MelConfigMismatch, match=r"vocoder: clip b\.wav is at 16000 Hz"):
+        clip_wave({**ok, "file": "b.wav", "sample_rate": 16000}, DEFAULT_MEL, "vocoder")
+    other = MelConfig(n_mels=DEFAULT_MEL.n_mels // 2).to_dict()
+    with pytest.raises(MelConfigMismatch, match=r"audio: clip c\.wav vs the model"):
+        clip_wave({**ok, "file": "c.wav", "mel_config": other}, DEFAULT_MEL, "audio")
