@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, peak_memory_mib, precision_variants, run_header, sync, table  # noqa: E402
+from common import (append_results, peak_memory_mib, precision_variants, run_header, sync, table,  # noqa: E402
+                    time_training_steps)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,27 +80,11 @@ def bench_training(device: torch.device, steps: int, batch: int = 32, bf16: bool
     examples = clips(batch * (steps + 2))
     dc = domain.data_config(examples, cfg)
     den = domain.build_denoiser(cfg, dc).to(device)
-    obj = domain.build_objective(cfg)
-    if compile_:
-        den.network = torch.compile(den.network)
-    opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(1)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(steps + 2):
-        sync(device)
-        t0 = time.perf_counter()
-        b = domain.collate(examples[i * batch:(i + 1) * batch], dc).to(device)  # mels are part of the step
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            loss = obj(den, b.x0, b.cond, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        if i >= 2:  # warm-up (and compilation) excluded
-            times.append(time.perf_counter() - t0)
-    sec = sum(times) / len(times)
+
+    def batch_at(i):  # mels are part of the step
+        return domain.collate(examples[i * batch:(i + 1) * batch], dc).to(device)
+
+    sec = time_training_steps(den, domain.build_objective(cfg), batch_at, steps, device, bf16, compile_)
     params = sum(p.numel() for p in den.network.parameters())
     return {"params": params, "sec_per_step": sec, "clips_per_s": batch / sec, "peak_mib": peak_memory_mib(device)}
 

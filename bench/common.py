@@ -76,3 +76,35 @@ def precision_variants(device) -> list[tuple[str, bool, bool]]:
     if device.type == "cuda":
         variants += [("bf16 autocast", True, False), ("bf16 + torch.compile", True, True)]
     return variants
+
+
+def time_training_steps(denoiser, objective, batch_at, steps: int, device, bf16: bool = False,
+                        compile_: bool = False, warmup: int = 2) -> float:
+    """Mean seconds per training step (AdamW, loss, backward, update) over ``steps`` steps after
+    ``warmup`` untimed ones (compilation included there); ``batch_at(i)`` gives step i's batch on the
+    device and is timed with the step (pass pre-collated batches to leave collation out). Resets the
+    peak CUDA memory counter first."""
+    import time
+
+    import torch
+
+    if compile_:
+        denoiser.network = torch.compile(denoiser.network)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(steps + warmup):
+        sync(device)
+        t0 = time.perf_counter()
+        b = batch_at(i)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+            loss = objective(denoiser, b.x0, b.cond, generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return sum(times) / len(times)

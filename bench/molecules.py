@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_results, peak_memory_mib, precision_variants, run_header, sync, table  # noqa: E402
+from common import (append_results, peak_memory_mib, precision_variants, run_header, sync, table,  # noqa: E402
+                    time_training_steps)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,29 +65,11 @@ def reference_setup(device: torch.device, n_train: int = 4096):
 
 def bench_training(device: torch.device, steps: int, batch: int = 64, bf16: bool = False, compile_: bool = False) -> dict:
     domain, cfg, dc, mols, den, params = reference_setup(device)
-    obj = domain.build_objective(cfg)
-    net = torch.compile(den.network) if compile_ else den.network
-    den.network = net
-    opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(1)
     batches = [domain.collate(mols[i * batch:(i + 1) * batch], dc).to(device) for i in range(steps + 2)]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i, b in enumerate(batches):
-        sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-            loss = obj(den, b.x0, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        if i >= 2:  # warm-up (and compilation) excluded
-            times.append(time.perf_counter() - t0)
-    sec = sum(times) / len(times)
+    sec = time_training_steps(den, domain.build_objective(cfg), batches.__getitem__, steps, device, bf16, compile_)
+    timed = mols[2 * batch:(steps + 2) * batch]  # the batches after the two warm-up steps
     return {"params": params, "sec_per_step": sec, "mol_per_s": batch / sec, "peak_mib": peak_memory_mib(device),
-            "atoms_per_mol": sum(m.num_atoms for m in mols[: batch * len(times)]) / (batch * len(times))}
+            "atoms_per_mol": sum(m.num_atoms for m in timed) / len(timed)}
 
 
 @torch.no_grad()
