@@ -2,13 +2,13 @@
 
 One domain-agnostic diffusion engine (``sciffusion.core``) and pluggable domains
 (``sciffusion.domains``), used from Python, from the ``sciffusion`` CLI, or as batch pipelines.
-The public functions (``train``, ``sample``, ``evaluate``, ``info``, ``domains``, ``env``) live in
+The public functions (``train``, ``sample``, ``evaluate``, ``info``, ``export``, ``domains``, ``env``) live in
 ``sciffusion.api`` and are importable from here.
 """
 
 __version__ = "0.1.0"
 
-_API = ("domains", "config", "train", "sample", "evaluate", "info", "env")
+_API = ("domains", "config", "train", "sample", "evaluate", "info", "export", "env")
 
 
 def __getattr__(name):  # lazy: `import sciffusion` stays cheap

@@ -5,6 +5,7 @@
     sciffusion.sample(model, out, n=...)      resumable batch generation (sciffusion.core.generate)
     sciffusion.evaluate(domain, paths)        score files written by sciffusion or any other tool
     sciffusion.info(checkpoint)               what a checkpoint holds
+    sciffusion.export(checkpoint, out)        weights-only copy (EMA) to ship or share
     sciffusion.env()                          versions and devices, for bug reports
 """
 
@@ -130,6 +131,29 @@ def info(checkpoint: str | Path) -> dict[str, Any]:
         "config": ckpt.config,
         "data_config": ckpt.data_config,
     }
+
+
+def export(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] = (), replace: bool = False,
+           prefer_ema: bool = True) -> dict[str, Any]:
+    """A weights-only copy of a checkpoint (or of a run folder's latest one) at ``out``: the EMA
+    weights as the model, no optimizer or RNG state. ``overrides`` (``sample.KEY=VALUE`` only) set the
+    sampling defaults the copy carries; ``replace`` swaps out an existing checkpoint at ``out``."""
+    from .core.checkpoint import export_model
+    from .core.config import apply_overrides
+
+    not_sample = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("sample.")]
+    if not_sample:
+        raise InputError(f"export: only sampling defaults (sample.KEY=VALUE) can be set, not {', '.join(not_sample)}: "
+                         "the rest of the config describes how the weights were made")
+    out = Path(out)
+    if out.exists() and not replace:
+        raise InputError(f"{out}: already exists (pass replace=True / --replace to swap it for the new export)")
+    ckpt = load_checkpoint(checkpoint)
+    sample = apply_overrides({}, overrides).get("sample", {})
+    path = export_model(ckpt, out, prefer_ema, sample=sample, replace=replace)
+    made = load_checkpoint(path)
+    return {"path": str(path), "step": made.step, "hash": made.hash, "source": str(ckpt.path),
+            "used_ema": made.meta["exported_from"]["used_ema"], "sample": made.config.get("sample", {})}
 
 
 def _version(dist: str) -> str | None:

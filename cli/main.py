@@ -197,6 +197,25 @@ def info(
 
 
 @app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint folder or run folder (its latest checkpoint)."),
+    overrides: Optional[List[str]] = typer.Argument(None, metavar="[sample.KEY=VALUE]...",
+                                                    help="Sampling defaults the copy carries, e.g. sample.steps=100"),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the weights-only checkpoint."),
+    replace: bool = typer.Option(False, "--replace", help="Swap out a checkpoint already at OUT."),
+    raw: bool = typer.Option(False, "--raw", help="Export the raw weights instead of the EMA weights."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Write a weights-only copy of a checkpoint (EMA weights, no optimizer) to ship or share."""
+    from .. import api
+
+    data = _run(api.export, checkpoint, out, overrides=overrides or [], replace=replace, prefer_ema=not raw)
+    _emit(data, as_json, lambda d: typer.echo(
+        f"exported step {d['step']} ({'EMA' if d['used_ema'] else 'raw'} weights) of {d['source']} -> {d['path']} "
+        f"(hash {d['hash'][:12]})"))
+
+
+@app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Versions, devices and installed domains, for bug reports."""
     from .. import api

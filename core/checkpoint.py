@@ -16,9 +16,11 @@ is the sha256 of the weight files' hashes (what a generated sample's manifest re
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -321,10 +323,27 @@ def save_run_checkpoint(run_dir: str | Path, step: int, keep_last: int = 3, **kw
     return path
 
 
-def export_model(ckpt: Checkpoint, folder: str | Path, prefer_ema: bool = True) -> Path:
-    """Write a weights-only copy (EMA weights as the model) for shipping or sharing."""
+def export_model(ckpt: Checkpoint, folder: str | Path, prefer_ema: bool = True, *,
+                 sample: Mapping[str, Any] | None = None, replace: bool = False) -> Path:
+    """Write a weights-only copy (EMA weights as the model) for shipping or sharing; ``sample``
+    updates the config's sample section (the defaults ``sciffusion sample`` will use). With
+    ``replace`` an existing checkpoint at ``folder`` is swapped for the new one once it is complete."""
     meta = {k: v for k, v in ckpt.meta.items() if k not in ("optimizer", "rng", "files", "hash", "format")}
+    if sample:
+        meta["config"] = {**meta.get("config", {}), "sample": {**meta.get("config", {}).get("sample", {}), **sample}}
     meta["exported_from"] = {"hash": ckpt.hash, "used_ema": prefer_ema and ckpt.has("ema.safetensors")}
-    return save_checkpoint(folder, model=ckpt.weights(prefer_ema), meta=meta)
+    folder = Path(folder)
+    if not (replace and folder.exists()):
+        return save_checkpoint(folder, model=ckpt.weights(prefer_ema), meta=meta)
+    if not (folder / META).is_file():
+        raise CheckpointError(f"{folder}: exists and is not a checkpoint; not replacing it")
+    stamp = f"{os.getpid()}-{time.monotonic_ns()}"
+    fresh = folder.parent / f".{folder.name}.new-{stamp}.tmp"
+    save_checkpoint(fresh, model=ckpt.weights(prefer_ema), meta=meta)
+    old = folder.parent / f".{folder.name}.old-{stamp}.tmp"
+    os.replace(folder, old)
+    os.replace(fresh, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 

@@ -27,7 +27,7 @@ def cli(env, *args, check_rc=0, timeout=600):
 def test_console_script_and_help(points2d_env):
     assert Path(SCIFFUSION).exists(), "the `sciffusion` console script must be installed"
     top = cli(points2d_env, "--help").stdout
-    for command in ("domains", "train", "sample", "evaluate", "info", "env"):
+    for command in ("domains", "train", "sample", "evaluate", "info", "export", "env"):
         assert command in top
         assert "Usage" in cli(points2d_env, command, "--help").stdout
     assert cli(points2d_env, "--version").stdout.strip().startswith("sciffusion ")
@@ -125,6 +125,18 @@ def test_third_party_domain_end_to_end_through_the_cli(points2d_env, points_data
     p = cli(points2d_env, "sample", run, "-n", "24", "--steps", "8", "--batch-size", "10", "--out", out, "--no-progress")
     assert "0 generated now" in p.stdout
     assert {f.name: f.read_bytes() for f in sorted(out.glob("*.csv"))} == before
+    # a weights-only copy to share, carrying its own sampling defaults; it samples like the run's EMA
+    shared = tmp_path / "shared"
+    e = json.loads(cli(points2d_env, "export", run, "--out", shared, "sample.steps=8", "--json").stdout)
+    assert e["step"] == 40 and e["used_ema"] and e["sample"]["steps"] == 8
+    assert sorted(p.name for p in shared.iterdir()) == ["checkpoint.json", "model.safetensors"]
+    again = tmp_path / "again"
+    cli(points2d_env, "sample", shared, "-n", "3", "--batch-size", "10", "--out", again, "--no-progress")
+    assert [(again / f.name).read_bytes() for f in files[:3]] == [before[f.name] for f in files[:3]]
+    p = cli(points2d_env, "export", run, "--out", shared, check_rc=1)
+    assert str(shared) in p.stderr and "--replace" in p.stderr
+    p = cli(points2d_env, "export", run, "--out", tmp_path / "x", "model.hidden=8", check_rc=1)
+    assert "model.hidden=8" in p.stderr and not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

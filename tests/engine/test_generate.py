@@ -454,3 +454,22 @@ def test_written_files_get_normal_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_export_replaces_a_checkpoint_only_when_complete(ckpt, tmp_path):
+    from sciffusion import api
+
+    target = tmp_path / "shipped"
+    first = api.export(ckpt, target, overrides=["sample.sampler=ddpm", "sample.steps=11"])
+    assert first["sample"]["sampler"] == "ddpm" and first["sample"]["steps"] == 11
+    assert load_checkpoint(target).config["sample"]["steps"] == 11
+    (target / "MODEL_CARD.md").write_text("card")  # a file beside the weights goes with the old copy
+    second = api.export(ckpt, target, overrides=["sample.steps=12"], replace=True)
+    assert load_checkpoint(target).config["sample"]["steps"] == 12 and second["hash"] == first["hash"]  # same weights
+    assert not (target / "MODEL_CARD.md").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["shipped"]  # no temporaries left
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint; not replacing it"):
+        api.export(ckpt, tmp_path / "notes", replace=True)
+    with pytest.raises(InputError, match="already exists"):
+        api.export(ckpt, target)

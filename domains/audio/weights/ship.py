@@ -1,8 +1,8 @@
 """Export trained FSDD runs as the shipped audio models and measure them for the model card.
 
-    python domains/audio/weights/ship.py export runs/fsdd_mel --guidance 1      # EMA weights -> weights/fsdd
-    python domains/audio/weights/ship.py export-vocoder runs/fsdd_vocoder      # -> weights/fsdd_vocoder
-    python domains/audio/weights/ship.py card --samples 1000                   # measure, write MODEL_CARD.md
+    sciffusion export runs/fsdd_mel --out domains/audio/weights/fsdd --replace sample.guidance=1.5
+    sciffusion export runs/fsdd_vocoder --out domains/audio/weights/fsdd_vocoder --replace
+    python domains/audio/weights/ship.py card --samples 1000        # measure, write MODEL_CARD.md
 
 Every number in MODEL_CARD.md comes from the `card` run that wrote it (machine recorded there).
 """
@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -23,19 +22,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MEL = HERE / "fsdd"
 VOCODER = HERE / "fsdd_vocoder"
-
-
-def export(run: str, target: Path, sample: dict) -> None:
-    """The run's EMA weights into ``target``; ``sample`` settings become the model's defaults."""
-    from sciffusion.core.checkpoint import export_model, load_checkpoint
-
-    ckpt = load_checkpoint(run)
-    ckpt.meta["config"].setdefault("sample", {}).update({k: v for k, v in sample.items() if v is not None})
-    if target.exists():
-        shutil.rmtree(target)
-    export_model(ckpt, target, prefer_ema=True)
-    meta = json.loads((target / "checkpoint.json").read_text())
-    print(f"exported step {ckpt.step} (EMA) of {ckpt.path} -> {target} ({meta['hash'][:12]})")
 
 
 def _losses(log: str | None) -> str:
@@ -158,29 +144,16 @@ Trained this briefly it stays far behind Griffin-Lim, which therefore remains th
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export")
-    e.add_argument("run")
-    e.add_argument("--sampler")
-    e.add_argument("--steps", type=int)
-    e.add_argument("--guidance", type=float)
-    v = sub.add_parser("export-vocoder")
-    v.add_argument("run")
-    v.add_argument("--steps", type=int)
     c = sub.add_parser("card")
     c.add_argument("--samples", type=int, default=1000)
     c.add_argument("--guidance", type=float, nargs="+", default=None, help="default: the model's own")
     c.add_argument("--log", default="runs/fsdd_mel/log.jsonl")
     c.add_argument("--vocoder-log", default="runs/fsdd_vocoder/log.jsonl")
     args = ap.parse_args()
-    if args.cmd == "export":
-        export(args.run, MEL, {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance})
-    elif args.cmd == "export-vocoder":
-        export(args.run, VOCODER, {"steps": args.steps})
-    else:
-        from sciffusion.core.checkpoint import load_checkpoint
+    from sciffusion.core.checkpoint import load_checkpoint
 
-        g = args.guidance or [float(load_checkpoint(MEL).config["sample"].get("guidance", 0))]
-        card(args.samples, g, args.log, args.vocoder_log)
+    g = args.guidance or [float(load_checkpoint(MEL).config["sample"].get("guidance", 0))]
+    card(args.samples, g, args.log, args.vocoder_log)
 
 
 if __name__ == "__main__":

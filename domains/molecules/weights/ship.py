@@ -1,6 +1,7 @@
 """Export a trained run as the shipped QM9 model and measure it for the model card.
 
-    python domains/molecules/weights/ship.py export runs/qm9_small          # EMA weights -> weights/qm9
+    sciffusion export runs/qm9_small --out domains/molecules/weights/qm9 --replace sample.sampler=ddpm \
+        sample.grid=discrete sample.steps=50                                  # EMA weights, sampler defaults
     python domains/molecules/weights/ship.py card --samples 2000 --nfe 50   # measure, write MODEL_CARD.md
 
 Every number in MODEL_CARD.md comes from the `card` run that wrote it (machine recorded there).
@@ -13,7 +14,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -21,22 +21,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "qm9"
-
-
-def export(run: str, sampler: str | None, grid: str | None, steps: int | None) -> None:
-    """Export the EMA weights; the sampler settings found best by the sweep become the model's default."""
-    from sciffusion.core.checkpoint import export_model, load_checkpoint
-
-    ckpt = load_checkpoint(run)
-    sample = ckpt.meta["config"].setdefault("sample", {})
-    for key, value in (("sampler", sampler), ("grid", grid), ("steps", steps)):
-        if value is not None:
-            sample[key] = value
-    if TARGET.exists():
-        shutil.rmtree(TARGET)
-    export_model(ckpt, TARGET, prefer_ema=True)
-    meta = json.loads((TARGET / "checkpoint.json").read_text())
-    print(f"exported step {ckpt.step} (EMA) of {ckpt.path} -> {TARGET} ({meta['hash'][:12]})")
 
 
 def _check_source(folder: Path, ckpt, samples: int) -> Path:
@@ -136,11 +120,6 @@ valid 91.9, V x U 90.7; the data itself 99.0 / 95.2 / 97.7.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export")
-    e.add_argument("run")
-    e.add_argument("--sampler")
-    e.add_argument("--grid")
-    e.add_argument("--steps", type=int)
     c = sub.add_parser("card")
     c.add_argument("--samples", type=int, default=2000)
     c.add_argument("--nfe", type=int, default=None, help="default: the model's own")
@@ -150,10 +129,7 @@ def main() -> None:
     c.add_argument("--sweep", default=None, help="a markdown file with the sampler sweep table to include")
     c.add_argument("--from", dest="source", default=None, help="score this finished samples folder instead of sampling")
     args = ap.parse_args()
-    if args.cmd == "export":
-        export(args.run, args.sampler, args.grid, args.steps)
-    else:
-        card(args.samples, args.nfe, args.sampler, args.grid, args.log, args.sweep, args.source)
+    card(args.samples, args.nfe, args.sampler, args.grid, args.log, args.sweep, args.source)
 
 
 if __name__ == "__main__":
