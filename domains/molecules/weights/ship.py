@@ -34,6 +34,47 @@ def _check_source(folder: Path, ckpt, samples: int) -> Path:
     return folder
 
 
+def _records(log: str | None) -> list[dict]:
+    if not log or not Path(log).is_file():
+        return []
+    return [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+
+
+def training_history(records: list[dict]) -> str:
+    """The run's sessions from its log: steps, processes and time of each, and any warm restart of
+    the learning-rate schedule (train.steps raised on a resume)."""
+    segments, restarts, last_lr = [], [], None
+    for rec in records:
+        if "event" in rec and rec["event"] in ("start", "resume"):
+            segments.append({"from": rec["step"], "to": rec["step"], "world": rec.get("world_size", 1), "s": 0.0})
+        elif "loss" in rec and segments:
+            seg = segments[-1]
+            if seg["to"] == seg["from"] and last_lr is not None and rec["lr"] > 2 * last_lr:
+                restarts.append((seg["from"], last_lr, rec["lr"]))
+            seg["to"], seg["s"], last_lr = rec["step"], rec.get("elapsed") or seg["s"], rec["lr"]
+    merged = []
+    for seg in (g for g in segments if g["to"] > g["from"]):  # sessions killed before their first checkpoint left no steps
+        if merged and merged[-1]["world"] == seg["world"] and merged[-1]["to"] == seg["from"]:
+            merged[-1].update(to=seg["to"], s=merged[-1]["s"] + seg["s"])
+        else:
+            merged.append(dict(seg))
+    def processes(world: int) -> str:
+        return "one process" if world == 1 else f"{world} processes under torchrun"
+
+    parts = [f"steps {g['from']:,} to {g['to']:,} in {processes(g['world'])} ({g['s'] / 60:.0f} min)" for g in merged]
+    text = "; ".join(parts)
+    for step, before, after in restarts:
+        text += (f". At step {step:,} the run was resumed with train.steps raised, which restarted the cosine "
+                 f"schedule (learning rate {before:.1e} -> {after:.1e}, a warm restart)")
+    return text + "." if text else "(log not available)."
+
+
+def _source_timing(folder: Path) -> str:
+    run = json.loads((folder / "run.json").read_text())
+    return (f"Generated beforehand into `{folder.name}` ({run.get('world_size', 1)} CPU processes under torchrun): "
+            f"{run['files']:,} molecules in {run['seconds']:,.0f} s including SDF writing ({run['samples_per_s']:.1f} / s).")
+
+
 def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, log: str | None, sweep: str | None,
          source: str | None = None) -> None:
     from sciffusion import api
@@ -60,12 +101,8 @@ def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, l
         from sciffusion.domains.molecules.metrics import evaluate_molecules
 
         m = evaluate_molecules(mols, train_smiles=qm9_reference_smiles())
-    losses = []
-    if log and Path(log).is_file():
-        for line in Path(log).read_text().splitlines():
-            rec = json.loads(line)
-            if "loss" in rec:
-                losses.append((rec["step"], rec["loss"]))
+    records = _records(log)
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
     train = cfg["train"]
     model = cfg["model"]
     n_params = sum(v.numel() for v in ckpt.weights().values())
@@ -86,8 +123,9 @@ QM9 (130,831 molecules, explicit hydrogens, elements H C N O F) from the PyPI pa
 "Quantum chemistry structures and properties of 134 kilo molecules", Scientific Data 1, 140022 (2014).
 
 ## Training
-`sciffusion train molecules --config domains/molecules/configs/qm9_small.toml` on one CPU core of a
-2-core VM (no GPU was available): EGNN hidden {model.get('hidden')}, {model.get('layers')} layers;
+`sciffusion train molecules --config domains/molecules/configs/qm9_small.toml` on the CPU of a
+2-core VM (no GPU was available), one thread a process: {training_history(records)}
+EGNN hidden {model.get('hidden')}, {model.get('layers')} layers;
 EDM's polynomial_2 process (1000 steps) and eps loss; batch {train['batch_size']}, AdamW lr {train['lr']}
 with {train['warmup_steps']} warm-up steps and {train['decay']} decay, EMA {train['ema_decay']},
 adaptive gradient clipping; {train['steps']} steps = {train['steps'] * train['batch_size'] / 100000:.1f} epochs.
@@ -107,7 +145,7 @@ For comparison (10,000 samples, from the papers): EDM (1000 NFE) atom 98.7, mole
 valid 91.9, V x U 90.7; the data itself 99.0 / 95.2 / 97.7.
 
 """ + (f"Generation: {samples:,} molecules in {seconds:.0f} s including SDF writing ({samples / seconds:.1f} / s)."
-       if seconds else f"Generated beforehand into `{Path(source).name}` (two CPU processes under torchrun).") + """
+       if seconds else _source_timing(Path(source))) + """
 """ + (f"\n## Sampler and step count\n\n{Path(sweep).read_text()}\n" if sweep and Path(sweep).is_file() else "") + f"""
 ## Measured on
 {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPU cores, no GPU;
