@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (append_results, peak_memory_mib, precision_variants, run_header, sync, table,  # noqa: E402
+from common import (add_part_arguments, append_results, bench_device, peak_memory_mib, precision_variants, run_header, sync, table,  # noqa: E402
                     time_training_steps)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,19 +194,14 @@ def speedup(rtf: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--speed-only", action="store_true")
-    ap.add_argument("--quality-only", action="store_true")
+    add_part_arguments(ap)
     ap.add_argument("--train-steps", type=int, default=5, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--batch", type=int, default=64, help="generation batch")
     ap.add_argument("--vocoder-steps", type=int, nargs="+", default=[6, 12, 50])
     ap.add_argument("--samples", type=int, default=1000, help="clips per quality row")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device(args)
     sections = []
     if not args.quality_only:
         print("training speed ...", flush=True)

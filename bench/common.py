@@ -108,3 +108,20 @@ def time_training_steps(denoiser, objective, batch_at, steps: int, device, bf16:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return sum(times) / len(times)
+
+
+def add_part_arguments(ap) -> None:
+    """The options a domain benchmark with a speed part and a quality part takes."""
+    ap.add_argument("--speed-only", action="store_true", help="only the speed part")
+    ap.add_argument("--quality-only", action="store_true", help="only the quality part")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    ap.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
+
+
+def bench_device(args):
+    """The GPU when there is one, else the CPU (with ``--threads`` applied)."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

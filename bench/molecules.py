@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (append_results, peak_memory_mib, precision_variants, run_header, sync, table,  # noqa: E402
-                    time_training_steps)
+from common import (add_part_arguments, append_results, bench_device, peak_memory_mib,  # noqa: E402
+                    precision_variants, run_header, sync, table, time_training_steps)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +38,7 @@ def _import_package() -> None:
 
 _import_package()
 
+from sciffusion.api import info as api_info  # noqa: E402
 from sciffusion.core.grids import make_grid  # noqa: E402
 from sciffusion.core.noise import ExampleNoise  # noqa: E402
 from sciffusion.core.registry import get_domain  # noqa: E402
@@ -123,22 +124,17 @@ def bench_quality(samples: int, nfes: list[int], samplers: list[str], batch: int
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--speed-only", action="store_true")
-    ap.add_argument("--quality-only", action="store_true")
+    add_part_arguments(ap)
     ap.add_argument("--train-steps", type=int, default=3, help="timed training steps (after 2 warm-up steps)")
     ap.add_argument("--sample-nfe", type=int, nargs="+", default=[50, 1000])
     ap.add_argument("--full", action="store_true", help="run 1000-NFE sampling fully on the CPU too")
     ap.add_argument("--samples", type=int, default=500, help="molecules per quality cell")
     ap.add_argument("--nfe", type=int, nargs="+", default=[25, 50, 100, 250, 1000])
-    ap.add_argument("--samplers", nargs="+", default=["dpmpp_2m"])
+    ap.add_argument("--samplers", nargs="+", default=None, help="default: the model's own")
     ap.add_argument("--batch", type=int, default=250, help="sampling batch for the quality cells")
     ap.add_argument("--model", default="molecules", help="checkpoint or 'molecules' for the shipped model")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device(args)
     sections = []
     header = run_header("molecules.py", argv if argv is not None else sys.argv[1:], device)
     if not args.quality_only:
@@ -161,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             ["NFE", "batch", "s / run", "molecules / s", "peak MiB"], rows))
     if not args.speed_only:
         print("quality of the shipped model ...", flush=True)
-        rows = bench_quality(args.samples, args.nfe, args.samplers, args.batch, args.model)
+        samplers = args.samplers or [api_info(args.model)["config"]["sample"]["sampler"]]
+        rows = bench_quality(args.samples, args.nfe, samplers, args.batch, args.model)
         sections.append(f"### Quality of `{args.model}` (EDM metrics, %)\n\n" + table(
             ["sampler", "NFE", "samples", "atom stab.", "mol. stab.", "valid", "V x U", "samples / s (with writing)"], rows))
     text = "\n".join(header) + "\n\n" + "\n\n".join(sections) + "\n"
