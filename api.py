@@ -151,7 +151,7 @@ def export(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] 
     ckpt = load_checkpoint(checkpoint)
     sample = apply_overrides({}, overrides).get("sample", {})
     path = export_model(ckpt, out, prefer_ema, sample=sample, replace=replace)
-    made = load_checkpoint(path)
+    made = load_checkpoint(path, verify=False)  # just written and hashed by export_model
     return {"path": str(path), "step": made.step, "hash": made.hash, "source": str(ckpt.path),
             "used_ema": made.meta["exported_from"]["used_ema"], "sample": made.config.get("sample", {})}
 

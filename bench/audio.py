@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (add_part_arguments, append_results, bench_device, peak_memory_mib, precision_variants, run_header, sync, table,  # noqa: E402
-                    time_training_steps)
+from common import (add_part_arguments, append_results, bench_device, peak_memory_mib,  # noqa: E402
+                    precision_variants, run_header, sync, table, time_training_steps)
 
 ROOT = Path(__file__).resolve().parents[1]
 

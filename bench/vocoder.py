@@ -26,11 +26,9 @@ DEFAULT_SCHEDULES = ["ddpm:karras:6", "ddpm:log_snr:6", "ddpm:uniform:6", "ddim:
 
 def speed(config: str, steps: int) -> tuple[str, list[str]]:
     """Seconds per training step of ``config`` (the trainer's own examples/s over the last ``steps``)."""
-    import json
-
     from sciffusion.core.domain import resolve_config
     from sciffusion.core.registry import get_domain
-    from sciffusion.core.train import train
+    from sciffusion.core.train import read_log, train
 
     domain = get_domain("vocoder")
     warm = 5
@@ -39,7 +37,7 @@ def speed(config: str, steps: int) -> tuple[str, list[str]]:
                                           "train.val_every=0", "train.warmup_steps=0"])
     with tempfile.TemporaryDirectory() as tmp:
         train(domain, cfg, Path(tmp) / "run", device="cpu", progress=False)
-        logs = [json.loads(x) for x in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
+        logs = read_log(Path(tmp) / "run")
     eps = [r["examples_per_s"] for r in logs if "examples_per_s" in r][1:]  # the first window holds start-up
     B = int(cfg["train"]["batch_size"])
     s_per_step = B / float(np.mean(eps))

@@ -52,7 +52,7 @@ step, weights, EMA, optimizer and trainer tensors, and is bitwise exact on the s
 Run folder::
 
     out/config.json        the resolved config (atomic); a resume must match it except for
-                           train.steps and the cadence keys in RESUME_MAY_CHANGE
+                           the keys and tables in RESUME_MAY_CHANGE
     out/log.jsonl          one JSON object per line: training (step, loss: mean over the good steps
                            since the last line, lr, grad_norm: pre-clip norm at this step,
                            examples_per_s, bad_steps, clipped_steps, elapsed), validation
@@ -98,7 +98,7 @@ from .samplers import get_sampler, prior
 from .state import State
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "lr_at", "ema_decay_at", "EMA", "AdaptiveClip",
-           "load_denoiser", "batch_indices", "position_noise", "TRAIN_DEFAULTS", "RESUME_MAY_CHANGE"]
+           "load_denoiser", "batch_indices", "position_noise", "read_log", "TRAIN_DEFAULTS", "RESUME_MAY_CHANGE"]
 
 #: Keys of the ``train`` table that this module reads beyond ``ENGINE_DEFAULTS["train"]``, with
 #: their defaults (merged under the domain's and the user's values).
@@ -108,11 +108,13 @@ TRAIN_DEFAULTS: dict = {
     "ddp_find_unused": "auto",  # DDP find_unused_parameters: "auto" probes the first batch once
 }
 
-#: Config keys that may differ between a run folder and the config that resumes it (besides the
-#: ``sample`` section, which only sets how the model is sampled, never how it is trained).
+#: Config keys (or whole tables) that may differ between a run folder and the config that resumes
+#: it: train.steps, the cadence keys, and the ``sample`` table (how the model is sampled, never how
+#: it is trained).
 RESUME_MAY_CHANGE = frozenset({
     "train.steps", "train.log_every", "train.val_every", "train.val_batches", "train.sample_every",
     "train.sample_n", "train.ckpt_every", "train.keep_last", "train.num_workers", "train.max_bad_steps",
+    "sample",
 })
 
 DECAYS = ("none", "cosine", "linear")
@@ -1188,7 +1190,9 @@ def _check_folder(out: Path, cfg: dict, resume: bool) -> Path | None:
 
 
 def _may_change_on_resume(key: str) -> bool:
-    return key in RESUME_MAY_CHANGE or key == "sample" or key.startswith("sample.")
+    """Whether ``key`` or a table holding it is in RESUME_MAY_CHANGE."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in RESUME_MAY_CHANGE for i in range(1, len(parts) + 1))
 
 
 def _step_of(ckpt_path: Path) -> int:
@@ -1203,18 +1207,30 @@ def _init_folder(out: Path, cfg: dict, step: int) -> None:
     _trim_log(out / "log.jsonl", step)
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines after ``step`` (written after the checkpoint we resume from) and torn lines."""
-    if not path.is_file():
-        return
-    keep = []
+def _log_lines(path: Path):
+    """(line, record) for each whole JSON object line of a log.jsonl; torn lines are skipped."""
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(rec, dict) and int(rec.get("step", 0)) <= step and step > 0:
-            keep.append(line)
+        if isinstance(rec, dict):
+            yield line, rec
+
+
+def read_log(run: str | Path) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (give the run folder or the file), skipping a line torn
+    by a killed writer; [] when there is no log."""
+    path = Path(run)
+    path = path / "log.jsonl" if path.is_dir() else path
+    return [rec for _, rec in _log_lines(path)] if path.is_file() else []
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (written after the checkpoint we resume from) and torn lines."""
+    if not path.is_file():
+        return
+    keep = [line for line, rec in _log_lines(path) if int(rec.get("step", 0)) <= step and step > 0]
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 

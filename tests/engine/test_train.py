@@ -503,3 +503,12 @@ def test_ddp_resume_loads_the_same_checkpoint_on_every_rank(points2d, points2d_e
     for name in ("model.safetensors", "ema.safetensors"):
         _assert_equal(_tensors(a, name), _tensors(b, name), name)
     assert [r["event"] for r in _log(tmp_path / "resumed") if "event" in r] == ["start", "resume"]
+
+
+def test_read_log_skips_a_torn_line_and_takes_the_folder_or_the_file(tmp_path):
+    from sciffusion.core.train import read_log
+
+    (tmp_path / "log.jsonl").write_text('{"step": 0, "event": "start"}\n{"step": 10, "loss": 0.5}\n{"step": 20, "lo')
+    assert read_log(tmp_path) == read_log(tmp_path / "log.jsonl") == [{"step": 0, "event": "start"},
+                                                                    {"step": 10, "loss": 0.5}]
+    assert read_log(tmp_path / "elsewhere") == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -25,10 +24,11 @@ VOCODER = HERE / "fsdd_vocoder"
 
 
 def _losses(log: str | None) -> str:
-    if not log or not Path(log).is_file():
+    from sciffusion.core.train import read_log
+
+    rows = [(r["step"], r["loss"], r.get("elapsed")) for r in (read_log(log) if log else []) if "loss" in r]
+    if not rows:
         return "(log not available)"
-    rows = [json.loads(x) for x in Path(log).read_text().splitlines()]
-    rows = [(r["step"], r["loss"], r.get("elapsed")) for r in rows if "loss" in r]
     pick = rows[:: max(1, len(rows) // 6)] + rows[-1:]
     text = ", ".join(f"step {s}: {v:.3f}" for s, v, _ in pick)
     if rows and rows[-1][2]:

@@ -34,12 +34,6 @@ def _check_source(folder: Path, ckpt, samples: int) -> Path:
     return folder
 
 
-def _records(log: str | None) -> list[dict]:
-    if not log or not Path(log).is_file():
-        return []
-    return [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
-
-
 def training_history(records: list[dict]) -> str:
     """The run's sessions from its log: steps, processes and time of each, and any warm restart of
     the learning-rate schedule (train.steps raised on a resume)."""
@@ -58,6 +52,7 @@ def training_history(records: list[dict]) -> str:
             merged[-1].update(to=seg["to"], s=merged[-1]["s"] + seg["s"])
         else:
             merged.append(dict(seg))
+
     def processes(world: int) -> str:
         return "one process" if world == 1 else f"{world} processes under torchrun"
 
@@ -101,7 +96,9 @@ def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, l
         from sciffusion.domains.molecules.metrics import evaluate_molecules
 
         m = evaluate_molecules(mols, train_smiles=qm9_reference_smiles())
-    records = _records(log)
+    from sciffusion.core.train import read_log
+
+    records = read_log(log) if log else []
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
     train = cfg["train"]
     model = cfg["model"]
