@@ -6,7 +6,7 @@ The public functions (``train``, ``sample``, ``evaluate``, ``info``, ``export``,
 ``sciffusion.api`` and are importable from here.
 """
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 _API = ("domains", "config", "train", "sample", "evaluate", "info", "export", "env")
 

@@ -30,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .config import json_default
 from .io import InputError, atomic_directory, remove_stale_temporaries, sha256_file, sha256_json
 
 FORMAT = "sciffusion-checkpoint/1"
@@ -114,7 +115,7 @@ def save_checkpoint(folder: str | Path, *, model: Mapping[str, torch.Tensor], me
     for k in ("domain", "step"):
         if k not in meta:
             raise ValueError(f"checkpoint meta needs '{k}'")
-    from .. import __version__
+    from .version import __version__
 
     body = dict(meta)
     body["format"] = FORMAT
@@ -139,20 +140,8 @@ def save_checkpoint(folder: str | Path, *, model: Mapping[str, torch.Tensor], me
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         body["files"] = files
         body["hash"] = sha256_json({k: v["sha256"] for k, v in files.items() if k in WEIGHT_FILES})
-        (tmp / META).write_text(json.dumps(body, indent=2, sort_keys=True, default=_json_default) + "\n")
+        (tmp / META).write_text(json.dumps(body, indent=2, sort_keys=True, default=json_default) + "\n")
     return folder
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, torch.Tensor) and o.numel() == 1:
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"cannot store {type(o).__name__} in checkpoint JSON")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,15 +1,40 @@
-"""Configuration: nested dicts loaded from TOML, with dotted overrides (``train.lr=3e-4``) whose
-values are parsed as TOML literals (numbers, booleans, strings, arrays), and a TOML writer for
-``--dry-run``."""
+"""Configuration: TOML tables and dotted overrides, read through typed tables.
+
+A run's configuration is a nested dict of tables (``data``, ``model``, ``process``, ``objective``,
+``train``, ``sample``) plus the ``domain`` name. Every table has a schema, a :class:`Table`
+dataclass whose fields are its keys (type, default, checks in the annotation, a one-line comment
+beside each): the engine's own tables live beside the code that reads them
+(``core.train.TrainConfig``, ``core.sampling.SampleConfig``, ``core.objectives.ObjectiveConfig``,
+``core.process.ProcessConfig``), a domain declares ``model`` and ``data`` (``Domain.tables``).
+
+:func:`resolve` merges layers in order (engine defaults < domain defaults < a TOML file <
+command-line overrides) and checks the result against the schemas. An unknown section or key is an
+error with a "did you mean" suggestion; a wrong type or a value out of range is an error naming the
+key, the problem and the layer (file) that set it. The resolved config stays a plain nested dict,
+with every default filled in: JSON in run folders, hashed for manifests, printed by ``--dry-run``.
+
+Selector keys. A table whose other keys depend on one of its values declares that key
+(``process.name`` selects the process whose constructor parameters are the table's other keys;
+``sample.sampler`` adds its sampler's options; ``model.network``). When a layer changes the
+selector, the keys that earlier layers set for the old choice are dropped before the layer's own
+keys apply, so ``process.name=rectified_flow`` on a domain whose default is a polynomial schedule
+gives a clean rectified-flow table, and ``process.power=3`` beside it is an error.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import inspect
 import json
 import math
 import sys
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Annotated, Callable, ClassVar, Iterable, Mapping, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,6 +42,384 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .io import InputError, sha256_json
+
+__all__ = ["ConfigError", "Check", "Table", "FieldSpec", "resolve", "check_config", "load_toml", "parse_value",
+           "overrides_layer", "apply_overrides", "deep_merge", "flatten", "lookup", "config_differences",
+           "config_hash", "dump_toml", "jsonable", "json_default", "Annotated"]
+
+
+class ConfigError(InputError):
+    """A bad config value; ``key`` is its dotted name (the resolver adds where it was set)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key, self.problem = key, problem
+
+    def located(self, where: str) -> "ConfigError":
+        """The same error with the layer that set the key (a file, the command line) in front."""
+        err = ConfigError(self.key, self.problem)
+        err.args = (f"{where}: {self.args[0]}",)
+        return err
+
+
+# ----------------------------------------------------------------------------- field schemas
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a value must satisfy beyond its type: a range, a set of names, a list length."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: Any = None  # an iterable of allowed values, or a callable returning one (read late)
+    length: int | None = None  # exact length of a list
+
+    def problem(self, v: Any) -> str | None:
+        if self.choices is not None:
+            allowed = list(self.choices() if callable(self.choices) else self.choices)
+            if v not in allowed:
+                near = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                return f"must be one of {', '.join(repr(a) for a in allowed)}, got {v!r}{hint}"
+        if self.length is not None and isinstance(v, (list, tuple)) and len(v) != self.length:
+            return f"must be a list of {self.length} values, got {v!r}"
+        values = v if isinstance(v, (list, tuple)) else [v]
+        for x in values:
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                if self.lo is not None and (x < self.lo or (self.lo_open and x == self.lo)):
+                    return f"must be {self.range_text()}, got {v!r}"
+                if self.hi is not None and (x > self.hi or (self.hi_open and x == self.hi)):
+                    return f"must be {self.range_text()}, got {v!r}"
+        return None
+
+    def range_text(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def at_least(lo: float) -> Check:
+    return Check(lo=lo)
+
+
+def positive() -> Check:
+    return Check(lo=0, lo_open=True)
+
+
+def unit_interval() -> Check:
+    return Check(lo=0, hi=1)
+
+
+def one_of(choices) -> Check:
+    return Check(choices=choices)
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+REQUIRED = _Required()  # the default of a key that has none: the table must set it
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One key of a table: its type, default and checks."""
+
+    name: str
+    type: Any
+    default: Any
+    check: Check | None = None
+    nonfinite: bool = False  # floats may be inf (a process's log-SNR bound); such a default is not
+    # written into resolved configs (JSON has no infinity), only a value a layer sets
+
+    def problem(self, v: Any) -> str | None:
+        if not _accepts(self.type, v):
+            return f"must be {_describe(self.type)}, got {v!r}"
+        if isinstance(v, float) and not self.nonfinite and not math.isfinite(v):
+            return f"must be a finite number, got {v!r}"
+        if isinstance(v, float) and math.isnan(v):
+            return f"must be a number, got {v!r}"
+        return self.check.problem(v) if self.check is not None else None
+
+    def coerce(self, v: Any) -> Any:
+        """Ints given for float keys become floats (so 1 and 1.0 are one config)."""
+        if self.type is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+
+def _union_args(tp) -> tuple | None:
+    if typing.get_origin(tp) is Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType)):
+        return typing.get_args(tp)
+    return None
+
+
+def _accepts(tp, v) -> bool:
+    if tp is Any:
+        return True
+    members = _union_args(tp)
+    if members is not None:
+        return any(_accepts(m, v) for m in members)
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if tp is dict or origin is dict:
+        return isinstance(v, Mapping)
+    if tp in (list, tuple) or origin in (list, tuple):
+        if not isinstance(v, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        return not args or all(_accepts(args[0], x) for x in v)
+    return isinstance(v, tp) if isinstance(tp, type) else True
+
+
+def _describe(tp) -> str:
+    members = _union_args(tp)
+    if members is not None:
+        return " or ".join(_describe(m) for m in members)
+    origin = typing.get_origin(tp)
+    if tp in (list, tuple) or origin in (list, tuple):
+        args = typing.get_args(tp)
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table",
+            Any: "a value"}.get(tp if origin is None else origin, f"a {getattr(tp, '__name__', tp)}")
+
+
+def _split_annotation(tp) -> tuple[Any, Check | None]:
+    if typing.get_origin(tp) is Annotated:
+        base, *extra = typing.get_args(tp)
+        return base, next((e for e in extra if isinstance(e, Check)), None)
+    return tp, None
+
+
+def specs_of_dataclass(cls) -> dict[str, FieldSpec]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        base, check = _split_annotation(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out[f.name] = FieldSpec(f.name, base, default, check, nonfinite=bool(f.metadata.get("nonfinite")))
+    return out
+
+
+def specs_of_defaults(defaults: Mapping[str, Any]) -> dict[str, FieldSpec]:
+    """A schema read off a table of defaults: each key's type is the type of its default."""
+    out = {}
+    for k, v in defaults.items():
+        tp = Any if v is None else float if isinstance(v, float) else dict if isinstance(v, Mapping) \
+            else list if isinstance(v, (list, tuple)) else type(v)
+        out[k] = FieldSpec(k, tp, copy.deepcopy(v))
+    return out
+
+
+def specs_of_signature(fn: Callable, skip: Iterable[str] = ()) -> dict[str, FieldSpec]:
+    """The keyword parameters of ``fn`` that have defaults, as table keys (the signature is the
+    schema: a process's constructor, a sampler's options)."""
+    skip = set(skip)
+    out = {}
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - annotations that do not evaluate: fall back to the defaults' types
+        hints = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is inspect.Parameter.empty:
+            out[p.name] = FieldSpec(p.name, _split_annotation(hints.get(p.name, Any))[0], REQUIRED)
+            continue
+        base, check = _split_annotation(hints.get(p.name, Any))
+        if base is Any and p.default is not None:
+            base = float if isinstance(p.default, float) else type(p.default)
+        if base is float and isinstance(p.default, int) and not isinstance(p.default, bool):
+            base = float
+        nonfinite = isinstance(p.default, float) and not math.isfinite(p.default)
+        out[p.name] = FieldSpec(p.name, base, p.default, check, nonfinite=nonfinite)
+    return out
+
+
+class Table:
+    """Base of typed config tables: subclass as a frozen dataclass whose fields are the keys.
+
+    ``selector`` names a key whose value brings more keys (``choice_fields``); ``check`` is a
+    table-wide rule (raise ``ConfigError``). ``Table.of(mapping)`` gives the typed instance of a
+    resolved table (its own fields; keys brought by the selector stay in the mapping)."""
+
+    selector: ClassVar[str | None] = None
+
+    @classmethod
+    def fields(cls) -> dict[str, FieldSpec]:
+        return specs_of_dataclass(cls)
+
+    @classmethod
+    def choice_fields(cls, value: Any) -> dict[str, FieldSpec] | None:
+        """The keys the selector's ``value`` adds; None when ``value`` is not a known choice."""
+        return {}
+
+    @classmethod
+    def check(cls, table: dict, cfg: dict) -> None:
+        """Rules across keys (and tables) once every key is known to be well-typed."""
+
+    @classmethod
+    def of(cls, table: Mapping):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in table.items() if k in names})
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {k: copy.deepcopy(s.default) for k, s in cls.fields().items() if s.default is not REQUIRED}
+
+
+def table_from_defaults(name: str, defaults: Mapping[str, Any]) -> type[Table]:
+    """A Table whose keys are those of a defaults table (a plugin that declares no schema)."""
+    specs = specs_of_defaults(defaults)
+
+    class FromDefaults(Table):
+        @classmethod
+        def fields(cls):
+            return dict(specs)
+
+        @classmethod
+        def of(cls, table):
+            return dict(table)
+
+    FromDefaults.__name__ = FromDefaults.__qualname__ = f"{name.capitalize()}Table"
+    return FromDefaults
+
+
+# ----------------------------------------------------------------------------- resolving layers
+
+
+def _suggest(word: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _table_keys(cls: type[Table], table: Mapping) -> dict[str, FieldSpec] | None:
+    """Every key the table may hold given its selector's value; None for an unknown choice."""
+    specs = dict(cls.fields())
+    if cls.selector is not None:
+        extra = cls.choice_fields(table.get(cls.selector, specs[cls.selector].default))
+        if extra is None:
+            return None
+        specs.update(extra)
+    return specs
+
+
+def _merge_table(cls: type[Table], base: dict, layer: Mapping, where: str, sources: dict, name: str) -> dict:
+    out = copy.deepcopy(base)
+    sel = cls.selector
+    if sel is not None and sel in layer and layer[sel] != out.get(sel, cls.fields()[sel].default):
+        static = cls.fields()
+        for k in [k for k in out if k not in static]:  # the old choice's keys
+            del out[k]
+            sources.pop(f"{name}.{k}", None)
+    for k, v in layer.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+        sources[f"{name}.{k}"] = where
+    return out
+
+
+def resolve(schema: Mapping[str, type[Table]], layers: Iterable[tuple[str, Mapping]], *, domain: str) -> dict:
+    """Merge ``layers`` ((where, nested dict) pairs, lowest first) and check them against
+    ``schema`` (table name -> Table): the complete, checked config. Errors name the layer."""
+    cfg: dict = {}
+    sources: dict[str, str] = {}
+    for where, layer in layers:
+        if not isinstance(layer, Mapping):
+            raise InputError(f"{where}: a config must be a table of tables, got {type(layer).__name__}")
+        for name, value in layer.items():
+            if name == "domain":
+                if value != domain:
+                    raise InputError(f"{where}: the config is for domain {value!r}, not '{domain}'")
+                continue
+            if name not in schema:
+                raise InputError(f"{where}: unknown section [{name}]{_suggest(name, schema)}; the sections are "
+                                 f"{', '.join(sorted(schema))}")
+            if not isinstance(value, Mapping):
+                raise InputError(f"{where}: [{name}] must be a table of keys, got {value!r}")
+            cfg[name] = _merge_table(schema[name], cfg.get(name, {}), value, where, sources, name)
+    return check_config(schema, cfg, domain=domain, sources=sources)
+
+
+def check_config(schema: Mapping[str, type[Table]], cfg: Mapping, *, domain: str,
+                 sources: Mapping[str, str] | None = None) -> dict:
+    """Fill defaults into a (merged) config and check it; the complete config."""
+    sources = sources or {}
+    out: dict = {"domain": domain}
+    try:
+        for name, cls in schema.items():
+            out[name] = _check_table(name, cls, dict(cfg.get(name) or {}))
+        for name, cls in schema.items():
+            cls.check(out[name], out)
+    except ConfigError as e:
+        where = _source_of(e.key, sources)
+        if where is None:
+            raise
+        raise e.located(where) from None
+    extra = [k for k in cfg if k not in schema and k != "domain"]
+    if extra:
+        raise InputError(f"unknown section [{extra[0]}]{_suggest(extra[0], schema)}")
+    return out
+
+
+def _source_of(key: str, sources: Mapping[str, str]) -> str | None:
+    """The layer that set ``key`` (or the table holding it)."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        where = sources.get(".".join(parts[:i]))
+        if where is not None:
+            return where
+    return None
+
+
+def _check_table(name: str, cls: type[Table], table: dict) -> dict:
+    specs = _table_keys(cls, table)
+    if specs is None:
+        sel = cls.selector
+        raise ConfigError(f"{name}.{sel}", cls.fields()[sel].check.problem(table[sel]) if cls.fields()[sel].check
+                          else f"unknown choice {table[sel]!r}")
+    for k in table:
+        if k not in specs:
+            owner = f" for {cls.selector} = {table.get(cls.selector, specs[cls.selector].default)!r}" \
+                if cls.selector else ""
+            raise ConfigError(f"{name}.{k}", f"unknown key{owner}{_suggest(k, specs)}; the keys of [{name}] are "
+                                             f"{', '.join(sorted(specs))}")
+    out = {}
+    for k, spec in specs.items():
+        if k not in table and spec.nonfinite and isinstance(spec.default, float) and not math.isfinite(spec.default):
+            continue
+        v = table.get(k, copy.deepcopy(spec.default))
+        if v is REQUIRED:
+            raise ConfigError(f"{name}.{k}", "is required here and has no default")
+        problem = spec.problem(v)
+        if problem is not None:
+            raise ConfigError(f"{name}.{k}", problem)
+        out[k] = spec.coerce(v)
+    return out
+
+
+# ----------------------------------------------------------------------------- files and overrides
 
 
 def load_toml(path: str | Path) -> dict:
@@ -48,9 +451,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: Mapping, overrides: Iterable[str]) -> dict:
-    """Apply ``key.sub=value`` overrides; unknown top-level tables are created."""
-    out = copy.deepcopy(dict(cfg))
+def overrides_layer(overrides: Iterable[str]) -> dict:
+    """``key.sub=value`` strings as one nested table (values parsed as TOML literals)."""
+    out: dict = {}
     for item in overrides:
         if "=" not in item:
             raise InputError(f"override '{item}' must look like key.sub=value")
@@ -60,17 +463,36 @@ def apply_overrides(cfg: Mapping, overrides: Iterable[str]) -> dict:
             raise InputError(f"override '{item}' has an empty key")
         node = out
         for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            elif not isinstance(nxt, dict):
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
                 raise InputError(f"override '{item}': '{p}' is a value, not a table")
             node = nxt
         node[parts[-1]] = parse_value(value.strip())
     return out
 
 
-def get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
+def apply_overrides(cfg: Mapping, overrides: Iterable[str]) -> dict:
+    """``cfg`` with the overrides merged in (no schema: see :func:`resolve` for checked configs)."""
+    return deep_merge(cfg, overrides_layer(overrides))
+
+
+# ----------------------------------------------------------------------------- walking and comparing
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of every leaf (a table with no keys is a leaf of its own)."""
+    if not isinstance(cfg, Mapping) or (not cfg and prefix):
+        return {prefix: cfg}
+    out = {}
+    for k, v in cfg.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+_ABSENT = "<absent>"
+
+
+def lookup(cfg: Mapping, dotted: str, default: Any = _ABSENT) -> Any:
     node: Any = cfg
     for p in dotted.split("."):
         if not isinstance(node, Mapping) or p not in node:
@@ -79,8 +501,41 @@ def get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
     return node
 
 
+def config_differences(a: Mapping, b: Mapping) -> list[str]:
+    """Dotted keys whose values differ between two nested configs (sorted)."""
+    fa, fb = flatten(a), flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k, _ABSENT) != fb.get(k, _ABSENT))
+
+
 def config_hash(cfg: Mapping) -> str:
     return sha256_json(cfg)
+
+
+def json_default(o):
+    """JSON for the NumPy scalars, one-element tensors, paths and tuples that configs and records hold."""
+    import numpy as np
+    import torch
+
+    if isinstance(o, torch.Tensor) and o.numel() == 1:
+        return o.item()
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"cannot store {type(o).__name__} as JSON")
+
+
+def jsonable(obj):
+    """``obj`` as it reads back from JSON."""
+    return json.loads(json.dumps(obj, default=json_default))
+
+
+# ----------------------------------------------------------------------------- TOML writer
 
 
 def _toml_value(v: Any) -> str:
@@ -98,6 +553,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
     if v is None:
         return '""'
     raise TypeError(f"cannot write {type(v).__name__} as TOML")

@@ -8,6 +8,10 @@ A domain knows its data; the engine knows noise, time, training and generation. 
     points2d = "my_package:PointsDomain"
 
 Lifecycle
+- configuration: ``tables()`` -> the schemas of the domain's ``model`` and ``data`` tables (and
+  extra ``sample`` keys); ``defaults()`` -> the domain's own values for any table (its process,
+  objective, training and sampling choices). ``config_schema(domain)`` and ``resolve_config``
+  check every run's config against these: unknown keys are errors.
 - training: ``load_dataset(cfg["data"], split)`` -> examples; ``data_config(train_examples, cfg)``
   -> JSON facts from the training data (element set, normalisation, size prior...), saved in every
   checkpoint; ``collate(examples, data_config)`` -> ``Batch(x0: State, cond)``;
@@ -16,40 +20,41 @@ Lifecycle
   ``Batch`` whose x0 values are ignored; sizes drawn from each seed alone); optionally
   ``constraint(batch, seeds, cfg, data_config)`` -> known entries to pin (inpainting); a sampler produces x0;
   ``decode(x0, cond, data_config)`` -> domain objects; ``write(objects, seeds, folder, ...)`` -> files.
-- evaluation: ``read(path)`` -> object; ``metrics(objects, data_config)`` -> {name: float}.
+- evaluation: ``read(path)`` -> object; ``metrics(objects, data_config, reference=None)`` -> {name: float}.
+
+Rules the engine relies on
+- A condition is None or a dict of tensors whose first dimension is the batch (condition dropout
+  and guidance replace entries example by example with ``null_condition``'s values).
+- A sample depends on its seed alone: the network must not mix examples of a batch, and a padded
+  (dense + mask) field's output must not depend on the padding (``core.checks`` tests it).
 """
 
 from __future__ import annotations
 
 import abc
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from .config import deep_merge
+from .config import Table, load_toml, overrides_layer, resolve, specs_of_defaults, table_from_defaults
 from .io import InputError
-from .objectives import DiffusionObjective
-from .parameterisation import Denoiser, EDMPreconditioning
-from .process import Process, process_from_config
+from .objectives import DiffusionObjective, ObjectiveConfig, parameterisation_of
+from .parameterisation import Denoiser, EpsPrediction
+from .process import Process, ProcessConfig, process_from_config
+from .sampling import SampleConfig
 from .state import State
+from .train_config import TrainConfig
 
-ENGINE_DEFAULTS: dict = {
-    "process": {"name": "vp_cosine"},
-    "objective": {"prediction": "eps", "weighting": "uniform", "time_sampler": "uniform", "t_min": 1e-3,
-                  "condition_dropout": 0.0, "edm_preconditioning": False, "sigma_data": 0.5},
-    "train": {
-        "steps": 1000, "batch_size": 64, "lr": 1e-4, "weight_decay": 1e-12, "betas": [0.9, 0.999],
-        "warmup_steps": 0, "decay": "none", "min_lr_ratio": 0.0, "ema_decay": 0.999, "ema_warmup": 10,
-        "grad_clip": 0.0, "adaptive_clip": False, "adaptive_clip_window": 50, "adaptive_clip_start": 10,
-        "ddp_find_unused": "auto", "grad_accum": 1, "bf16": True, "compile": False,
-        "seed": 0, "log_every": 50, "val_every": 0, "val_batches": 4, "sample_every": 0, "sample_n": 64,
-        "ckpt_every": 500, "keep_last": 3, "max_bad_steps": 20, "num_workers": 0,
-    },
-    "sample": {"sampler": "dpmpp_2m", "steps": 50, "grid": "karras", "batch_size": 256, "guidance": 0.0,
-               "shard_size": 100, "use_ema": True},
-}
+#: the engine's tables; a domain adds "model" and "data" (and may extend "sample")
+ENGINE_TABLES: dict[str, type[Table]] = {"process": ProcessConfig, "objective": ObjectiveConfig,
+                                         "train": TrainConfig, "sample": SampleConfig}
+#: eps-prediction is warned of when x0 = (x - sigma eps)/alpha amplifies the network's error by more
+#: than this at t = 1 (sigma~(1) = sigma/alpha: vp_cosine's is 1808, EDM's polynomial schedule's 316)
+EPS_GAIN_WARNING = 1000.0
 
 
 @dataclass
@@ -71,17 +76,26 @@ class Batch:
 class Domain(abc.ABC):
     """Base class of every domain backend."""
 
-    name: str = ""
-    description: str = ""
-    file_suffix: str = ""
+    name: str = ""  # the registry name (set from the entry point when left empty)
+    description: str = ""  # one line for `sciffusion domains`
+    file_suffix: str = ""  # the suffix of the files `write` makes and `evaluate` reads in folders (".sdf")
 
     # ------------------------------------------------------------------ configuration
+    def tables(self) -> dict[str, type[Table]]:
+        """Schemas of the domain's own tables: ``"model"`` and ``"data"`` (``core.config.Table``
+        dataclasses), and ``"sample"`` (a subclass of ``core.sampling.SampleConfig`` that adds the
+        domain's sample keys). A table left out is read off :meth:`defaults`: its keys are that
+        table's keys there, each typed like its default."""
+        return {}
+
     def defaults(self) -> dict:
-        """Domain-specific defaults; merged over ``ENGINE_DEFAULTS`` by :meth:`default_config`."""
+        """The domain's own values, table by table, over the schemas' defaults (its process,
+        objective, training and sampling choices; its model and data defaults)."""
         return {}
 
     def default_config(self) -> dict:
-        return deep_merge(deep_merge(ENGINE_DEFAULTS, {"domain": self.name}), self.defaults())
+        """The complete config of a run with nothing else given."""
+        return resolve_config(self)
 
     # ------------------------------------------------------------------ data
     @abc.abstractmethod
@@ -100,34 +114,29 @@ class Domain(abc.ABC):
     # ------------------------------------------------------------------ model
     @abc.abstractmethod
     def build_network(self, model_cfg: dict, data_config: dict) -> torch.nn.Module:
-        """The network: ``forward(x: State, t: Tensor(B,), cond) -> State`` of raw predictions."""
+        """The network: ``forward(x: State, c_noise: Tensor(B,), cond) -> State`` of raw outputs F,
+        one per field of ``x``, each shaped like it (see ``core.parameterisation``)."""
 
     def build_process(self, cfg: dict) -> Process:
         return process_from_config(cfg["process"])
 
     def build_denoiser(self, cfg: dict, data_config: dict) -> Denoiser:
-        obj = cfg["objective"]
-        pre = EDMPreconditioning(obj.get("sigma_data", 0.5)) if obj.get("edm_preconditioning") else None
-        return Denoiser(self.build_network(cfg.get("model", {}), data_config), self.build_process(cfg),
-                        prediction="x0" if pre is not None else obj.get("prediction", "eps"), preconditioning=pre)
+        process = self.build_process(cfg)
+        p = parameterisation_of(cfg["objective"])
+        gain = float(process.sigma_tilde(torch.ones((), dtype=torch.float64)))
+        if isinstance(p, EpsPrediction) and gain > EPS_GAIN_WARNING:
+            warnings.warn(f"domain '{self.name}': eps-prediction with process '{process.name}', whose sigma/alpha "
+                          f"reaches {gain:.0f} at t = 1: x0 = (x - sigma eps)/alpha amplifies the network's error by "
+                          "that much near the prior, so few-step samplers give values far out of range; prefer "
+                          "objective.prediction = \"v\" (or \"x0\", or EDM preconditioning)", stacklevel=2)
+        return Denoiser(self.build_network(cfg.get("model", {}), data_config), process, p)
 
     def build_objective(self, cfg: dict) -> DiffusionObjective:
-        obj = cfg["objective"]
-        pre = bool(obj.get("edm_preconditioning"))
-        return DiffusionObjective(
-            self.build_process(cfg),
-            prediction="x0" if pre else obj.get("prediction", "eps"),
-            weighting=obj.get("weighting", "uniform"),
-            min_snr_gamma=obj.get("min_snr_gamma", 5.0),
-            sigma_data=obj.get("sigma_data", 0.5),
-            time_sampler=obj.get("time_sampler", "uniform"),
-            t_min=obj.get("t_min", 1e-3),
-            timesteps=obj.get("timesteps", 1000),
-            field_weights=obj.get("field_weights"),
-        )
+        return DiffusionObjective.from_config(cfg["objective"])
 
     def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
-        """Values that stand for "no condition" (classifier-free guidance); None if unconditional."""
+        """Values that stand for "no condition" (classifier-free guidance), one per key of the
+        condition dict; None if the domain is unconditional."""
         return None
 
     # ------------------------------------------------------------------ generation
@@ -159,7 +168,9 @@ class Domain(abc.ABC):
 
     @abc.abstractmethod
     def metrics(self, objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | None = None) -> dict:
-        """Quality metrics of a set of objects (against reference data where given)."""
+        """Quality metrics of a set of objects. ``reference`` is a set of objects to compare with
+        (held-out data) when a caller has one; ``sciffusion evaluate`` passes none, so metrics that
+        need a reference must find it themselves (e.g. from ``data_config``) or be left out."""
 
     # ------------------------------------------------------------------ shipped model
     def default_checkpoint(self) -> Path | None:
@@ -167,20 +178,52 @@ class Domain(abc.ABC):
         return None
 
 
-def resolve_config(domain: Domain, config: "str | Path | dict | None" = None, overrides: Sequence[str] = ()) -> dict:
-    """The full configuration of a run: engine defaults, then the domain's defaults, then a TOML
-    file (or dict), then dotted command-line overrides."""
-    from .config import apply_overrides, load_toml
+def config_schema(domain: Domain) -> dict[str, type[Table]]:
+    """Every table of ``domain``'s runs: the engine's and the domain's own (see ``Domain.tables``)."""
+    own = dict(domain.tables())
+    defaults = domain.defaults()
+    schema = {name: own.pop(name, None) or table_from_defaults(name, defaults.get(name, {}))
+              for name in ("data", "model")}
+    schema.update(ENGINE_TABLES)
+    sample = own.pop("sample", None)
+    if sample is None:
+        extra = {k: v for k, v in (defaults.get("sample") or {}).items() if k not in SampleConfig.fields()}
+        sample = _sample_table_with(extra) if extra else SampleConfig
+    elif not issubclass(sample, SampleConfig):
+        raise TypeError(f"domain '{domain.name}': tables()['sample'] must subclass core.sampling.SampleConfig")
+    schema["sample"] = sample
+    if own:
+        raise TypeError(f"domain '{domain.name}': tables() may give model, data and sample, not {sorted(own)}")
+    return schema
 
-    cfg = domain.default_config()
+
+def _sample_table_with(extra: Mapping[str, Any]) -> type[SampleConfig]:
+    specs = specs_of_defaults(extra)
+
+    class DomainSampleConfig(SampleConfig):
+        @classmethod
+        def fields(cls):
+            return {**SampleConfig.fields(), **specs}
+
+    return DomainSampleConfig
+
+
+def resolve_config(domain: Domain, config: "str | Path | Mapping | None" = None, overrides: Sequence[str] = (),
+                   *, base: "Mapping | None" = None, base_name: str = "") -> dict:
+    """The full, checked configuration of a run: the schemas' defaults, then the domain's
+    defaults, then ``base`` (e.g. a checkpoint's config), then a TOML file (or dict), then dotted
+    command-line overrides. Errors name the layer (file) that set the bad key."""
+    layers: list = [(f"domain '{domain.name}' defaults", domain.defaults())]
+    if base is not None:
+        layers.append((base_name or "the stored config", base))
     if config is not None:
-        user = load_toml(config) if not isinstance(config, dict) else config
-        if "domain" in user and user["domain"] != domain.name:
-            raise ValueError(f"config is for domain '{user['domain']}', not '{domain.name}'")
-        cfg = deep_merge(cfg, user)
-    cfg = apply_overrides(cfg, overrides)
-    cfg["domain"] = domain.name
-    return cfg
+        if isinstance(config, Mapping):
+            layers.append(("the given config", config))
+        else:
+            layers.append((str(config), load_toml(config)))
+    if overrides:
+        layers.append(("command line", overrides_layer(overrides)))
+    return resolve(config_schema(domain), layers, domain=domain.name)
 
 
 def denoiser_from_checkpoint(domain: Domain, ckpt, cfg: dict | None = None, *, prefer_ema: bool = True,

@@ -6,7 +6,7 @@ The seed list (in the order given) is cut into shards of ``sample.shard_size`` s
 boundaries depend only on the seed list and the shard size, never on the batch size or the number
 of processes. A shard is generated in batches of ``sample.batch_size``:
 
-    domain.template(seeds) -> prior noise -> sampler -> domain.decode -> domain.write (one file per seed)
+    core.sampling.generate_batch (template -> prior -> sampler) -> domain.decode -> domain.write
 
 Sampling runs on the calling thread and decoding/writing on one writer thread, one batch behind,
 so a GPU keeps sampling while files are written; at most two batches are alive at any time.
@@ -18,16 +18,8 @@ draws the same noise but changes float32 round-off (PyTorch's kernels compute th
 on a scalar path and matrix kernels depend on shapes), so files then agree to round-off; with
 ``sample.dtype = "float64"`` they are byte-identical too (measured on CPU).
 
-Output folder::
-
-    out/
-      00000000.csv ...             one file per seed, written atomically by the domain
-      .parts/shard-000000.jsonl    one manifest line per sample of the shard, written atomically
-                                   after all of the shard's files: a shard is complete iff its part exists
-      manifest.jsonl               all parts concatenated in seed-list order (written at the end,
-                                   removed when a run with work to do starts)
-      run.json                     config, checkpoint, hashes, counts (written at the start with
-                                   status "running" and again at the end with status "complete")
+Output folder: see ``core.sample_folder``. Each manifest line records the sample's seed, file,
+checkpoint and config hashes, sampler, steps and the network calls its batch took.
 
 Resume: run the same command again. Complete shards are skipped; incomplete ones are generated
 again (their files are overwritten: files are named by seed, so nothing appears twice); stale
@@ -47,45 +39,30 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
-import operator
 import os
-import re
-import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
 from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoint
 from .checkpoint import resolve as resolve_checkpoint
-from .config import apply_overrides, config_hash, deep_merge
-from .domain import Batch, Domain, denoiser_from_checkpoint, pick_device
-from .grids import GRIDS, make_grid
-from .guidance import ClassifierFreeGuidance, Inpaint
-from .io import InputError, atomic_path, atomic_write_json, atomic_write_text, remove_stale_temporaries, sha256_json
-from .noise import ExampleNoise
-from .registry import UnknownDomainError, available, get_domain
-from .samplers import SAMPLERS, get_sampler, prior
+from .config import config_hash
+from .distributed import Distributed, pick_device
+from .domain import Domain, denoiser_from_checkpoint, resolve_config
+from .io import InputError, atomic_write_json, atomic_write_text, sha256_json
+from .progress import Progress
+from .registry import UnknownDomainError, available, get_domain, provider
+from .sample_folder import FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, part_name, prepare, write_manifest
+from .sampling import SampleSpec, generate_batch, guidance_null
+from .seeds import parse_seeds, shard_seeds
+from .version import __version__
 
 __all__ = ["sample", "SampleResult", "sample_config", "parse_seeds", "shard_seeds", "FORMAT"]
-
-FORMAT = "sciffusion-samples/1"
-PARTS = ".parts"
-MANIFEST = "manifest.jsonl"
-RUN = "run.json"
-_PART = re.compile(r"^shard-(\d+)\.jsonl$")
-# keys of sample.* that never change a sample (left out of the config hash)
-_NOT_HASHED = ("batch_size", "shard_size")
-_NEEDS_CONSTRAINT = {"repaint"}
-# sample.dtype: unset = the dtype of the domain's template; float64 makes files bit-identical across
-# batch sizes on CPU (float32 kernels round the tail of a tensor differently from its body)
-_DTYPES = {None: None, "float32": torch.float32, "float64": torch.float64}
-_DIST_TIMEOUT = datetime.timedelta(hours=6)
 
 
 @dataclass
@@ -100,77 +77,7 @@ class SampleResult:
     checkpoint_hash: str
     config_hash: str = ""
     shards: int = 0
-
-
-# ----------------------------------------------------------------------------- seeds and shards
-
-
-def _as_seed(v: Any, what: str) -> int:
-    if isinstance(v, (bool, float)) or not hasattr(v, "__index__"):
-        raise InputError(f"seeds must be non-negative integers; got {v!r} in {what}")
-    v = operator.index(v)
-    if v < 0:
-        raise InputError(f"seeds must be non-negative integers; got {v} in {what}")
-    if v >= 2**63:
-        raise InputError(f"seed {v} is too large (at most 2**63 - 1)")
-    return v
-
-
-def parse_seeds(n: int | None = None, seeds: str | Sequence[int] | None = None) -> list[int]:
-    """The seed list: ``n`` -> 0..n-1; ``seeds`` -> "0-9999" (inclusive), "5,7,9", "0-9,20" or a
-    list of ints. Exactly one of the two; seeds must be non-negative and distinct."""
-    if (n is None) == (seeds is None):
-        raise InputError("give exactly one of n (seeds 0..n-1) or seeds ('0-9999', '5,7,9' or a list)")
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise InputError(f"n must be a positive integer, got {n!r}")
-        return list(range(n))
-    out: list[int] = []
-    if isinstance(seeds, str):
-        text = seeds.strip()
-        if not text:
-            raise InputError("seeds: empty seed list")
-        for item in text.split(","):
-            item = item.strip()
-            m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", item)
-            if m:
-                a, b = int(m.group(1)), int(m.group(2))
-                if a > b:
-                    raise InputError(f"seeds '{seeds}': range '{item}' runs backwards")
-                if b >= 2**63:
-                    raise InputError(f"seeds '{seeds}': seed {b} is too large (at most 2**63 - 1)")
-                out.extend(range(a, b + 1))
-            elif re.fullmatch(r"\d+", item):
-                out.append(_as_seed(int(item), f"'{seeds}'"))
-            else:
-                raise InputError(f"seeds '{seeds}': '{item}' is neither a non-negative integer nor a range "
-                                 "like 0-9999 (write lists as 5,7,9)")
-    else:
-        try:
-            items = list(seeds)
-        except TypeError:
-            raise InputError(f"seeds must be a string like '0-9999' or '5,7,9' or a list of integers, got {seeds!r}") from None
-        out = [_as_seed(v, "the seed list") for v in items]
-        if not out:
-            raise InputError("seeds: empty seed list")
-    if len(set(out)) != len(out):
-        seen, dup = set(), None
-        for s in out:
-            if s in seen:
-                dup = s
-                break
-            seen.add(s)
-        raise InputError(f"seeds: seed {dup} is listed twice (files are named by seed)")
-    return out
-
-
-def shard_seeds(seeds: Sequence[int], shard_size: int) -> list[list[int]]:
-    """Consecutive chunks of ``shard_size`` seeds, in the order given."""
-    return [list(seeds[i:i + shard_size]) for i in range(0, len(seeds), shard_size)]
-
-
-def _part_name(k: int) -> str:
-    return f"shard-{k:06d}.jsonl"
+    network_calls: int = 0  # network evaluations per sample (the largest over this call's batches)
 
 
 # ----------------------------------------------------------------------------- model and config
@@ -217,53 +124,22 @@ def _checkpoint_model(path: Path) -> tuple[Domain, Checkpoint]:
 
 
 def _resolve_config(domain: Domain, ckpt: Checkpoint, explicit: dict, overrides: Sequence[str]) -> dict:
+    """The checkpoint's config (completed with today's defaults), then the explicit sampling
+    arguments and the dotted overrides as one command-line layer, checked."""
     stored = ckpt.config
     if not isinstance(stored, dict):
         raise CheckpointError(f"{ckpt.path / 'checkpoint.json'}: 'config' is not a table")
     if stored.get("domain", domain.name) != domain.name:
         raise CheckpointError(f"{ckpt.path / 'checkpoint.json'}: config is for domain '{stored['domain']}', "
                               f"the checkpoint for '{domain.name}'")
-    cfg = deep_merge(domain.default_config(), stored)  # defaults fill keys an older checkpoint lacks
-    sample_cfg = dict(cfg.get("sample", {}))
-    sample_cfg.update({k: v for k, v in explicit.items() if v is not None})
-    cfg["sample"] = sample_cfg
-    cfg = apply_overrides(cfg, overrides)
-    cfg["domain"] = domain.name
-    _check_sample_config(cfg["sample"])
-    return cfg
-
-
-def _check_sample_config(s: dict) -> None:
-    def positive_int(key: str) -> None:
-        v = s.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InputError(f"sample.{key} must be a positive integer, got {v!r}")
-
-    for key in ("steps", "batch_size", "shard_size"):
-        positive_int(key)
-    name = s.get("sampler")
-    if name not in SAMPLERS:
-        raise InputError(f"unknown sampler {name!r} for batch generation; known: {', '.join(sorted(SAMPLERS))}")
-    if name in _NEEDS_CONSTRAINT:
-        r = s.setdefault("resample", 10)
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise InputError(f"sample.resample must be an integer >= 1, got {r!r}")
-    if s.get("grid") not in GRIDS:
-        raise InputError(f"unknown grid {s.get('grid')!r}; known: {', '.join(sorted(GRIDS))}")
-    g = s.get("guidance")
-    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
-        raise InputError(f"sample.guidance must be a finite number >= 0, got {g!r}")
-    s["guidance"] = float(g)
-    if s.get("dtype") not in _DTYPES:
-        raise InputError(f"sample.dtype must be one of {', '.join(k for k in _DTYPES if k)} (or unset: the "
-                         f"domain's own), got {s.get('dtype')!r}")
-    if not isinstance(s.get("use_ema", True), bool):
-        raise InputError(f"sample.use_ema must be true or false, got {s.get('use_ema')!r}")
+    given = [f"sample.{k}={json.dumps(v)}" for k, v in explicit.items() if v is not None]
+    return resolve_config(domain, None, given + list(overrides), base=stored,
+                          base_name=str(ckpt.path / "checkpoint.json"))
 
 
 def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: str | None = None,
                   steps: int | None = None, grid: str | None = None, guidance: float | None = None,
-                  overrides: Sequence[str] = (), **_ignored) -> dict:
+                  overrides: Sequence[str] = ()) -> dict:
     """The resolved config ``sample`` would use (for ``--dry-run``)."""
     domain, ckpt = _load_model(model)
     explicit = dict(batch_size=batch_size, sampler=sampler, steps=steps, grid=grid, guidance=guidance)
@@ -273,360 +149,42 @@ def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: 
 def samples_config_hash(cfg: dict) -> str:
     """Hash of what determines the samples: the config without sample.batch_size / shard_size."""
     c = dict(cfg)
-    c["sample"] = {k: v for k, v in cfg.get("sample", {}).items() if k not in _NOT_HASHED}
+    c["sample"] = {k: v for k, v in cfg.get("sample", {}).items() if k not in NOT_HASHED}
     return config_hash(c)
-
-
-def _build_denoiser(domain: Domain, cfg: dict, ckpt: Checkpoint, device: torch.device) -> torch.nn.Module:
-    return denoiser_from_checkpoint(domain, ckpt, cfg, prefer_ema=bool(cfg["sample"].get("use_ema", True)), device=device)
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-class _Dist:
-    """The torchrun context (or a single process)."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self.dist = dist
-        self.owned = False
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if dist.is_available() and dist.is_initialized():
-            self.active = dist.get_world_size() > 1
-        elif world > 1:
-            if not dist.is_available():
-                raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available")
-            dist.init_process_group(backend="gloo", timeout=_DIST_TIMEOUT)
-            self.owned = True
-            self.active = True
-        else:
-            self.active = False
-        self.rank = dist.get_rank() if self.active else 0
-        self.world = dist.get_world_size() if self.active else 1
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0")) if self.active else None
-
-    def agree(self, error: BaseException | None) -> None:
-        """Every rank reports success or its error; if any rank failed, every rank raises."""
-        if not self.active:
-            if error is not None:
-                raise error
-            return
-        msgs: list = [None] * self.world
-        own = None if error is None else (type(error).__name__, str(error), isinstance(error, InputError))
-        self.dist.all_gather_object(msgs, own)
-        if error is not None:
-            raise error
-        for r, m in enumerate(msgs):
-            if m is not None:
-                name, text, is_input = m
-                if is_input:
-                    raise InputError(text)
-                raise RuntimeError(f"rank {r} failed: {name}: {text}")
-
-    def broadcast(self, obj: Any) -> Any:
-        if not self.active:
-            return obj
-        box = [obj]
-        self.dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj: Any) -> list:
-        if not self.active:
-            return [obj]
-        out: list = [None] * self.world
-        self.dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owned and self.dist.is_initialized():
-            self.dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- the output folder
-
-
-def _flatten(d: Any, prefix: str = "") -> dict:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def _config_diff(old: Any, new: dict) -> str:
-    if not isinstance(old, dict):
-        return ""
-    a, b = _flatten({k: v for k, v in old.items()}), _flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
-                  and k.split(".")[-1] not in _NOT_HASHED)
-    if not keys:
-        return ""
-    shown = "; ".join(f"{k}: {a.get(k, '<unset>')!r} there, {b.get(k, '<unset>')!r} now" for k in keys[:5])
-    return f" ({shown}{'; ...' if len(keys) > 5 else ''})"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
-def _read_lines(path: Path) -> list[dict] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    rows = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(row, dict):
-            return None
-        rows.append(row)
-    return rows
-
-
-def _is_temporary(p: Path) -> bool:
-    return p.name.startswith(".") and p.name.endswith(".tmp")
-
-
-def _row_files(row: dict) -> list:
-    """The files of one manifest row: the sample and its companions (e.g. a picture)."""
-    extra = row.get("companions")
-    return [row.get("file")] + (list(extra) if isinstance(extra, list) else [])
-
-
-def _listed_files(out: Path) -> Iterator[Path]:
-    """Files named by this folder's manifest and parts."""
-    sources = [out / MANIFEST] + sorted((out / PARTS).glob("shard-*.jsonl"))
-    for src in sources:
-        for row in _read_lines(src) or []:
-            for f in _row_files(row):
-                if isinstance(f, str) and f and not os.path.isabs(f) and ".." not in Path(f).parts:
-                    yield out / f
-
-
-def _clear(out: Path) -> None:
-    """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json.
-    Files nobody listed are left alone."""
-    dirs = set()
-    for f in set(_listed_files(out)):
-        dirs.add(f.parent)
-        f.unlink(missing_ok=True)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
-    (out / MANIFEST).unlink(missing_ok=True)
-    (out / RUN).unlink(missing_ok=True)
-    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # sub-folders a domain made, if now empty
-        if d != out:
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-
-
-def _remove_temporaries(out: Path, recursive: bool) -> None:
-    remove_stale_temporaries(out)
-    remove_stale_temporaries(out / PARTS)
-    if recursive:
-        for root, dirnames, _ in os.walk(out):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            if Path(root) != out:
-                remove_stale_temporaries(root)
-
-
-def _refuse(out: Path, what: str) -> InputError:
-    return InputError(f"{out}: {what}; resume only with the same model and sampling config, "
-                      "or pick a new folder, or pass overwrite=True (--overwrite) to clear it first")
-
-
-def _prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg: dict, overwrite: bool,
-             header: dict) -> list[int]:
-    """Rank 0: check and clean the folder, write run.json (status running); the complete shards."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    run = _read_json(out / RUN) if (out / RUN).exists() else None
-    ours = (isinstance(run, dict) and run.get("format") == FORMAT) or (out / PARTS).is_dir() or (out / MANIFEST).is_file()
-    if (out / RUN).exists() and not (isinstance(run, dict) and run.get("format") == FORMAT):
-        ours = False
-    if not ours and not overwrite:
-        others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-        if others:
-            raise InputError(f"{out}: the folder is not empty and holds no sciffusion samples "
-                             f"(found {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
-                             "pick a new or empty folder, or pass overwrite=True (--overwrite) to write into it")
-    if overwrite:
-        _clear(out)
-    _remove_temporaries(out, recursive=ours or not any(not _is_temporary(p) for p in out.iterdir()))
-
-    complete: list[int] = []
-    if not overwrite:
-        if isinstance(run, dict):
-            if run.get("checkpoint_hash") != ckhash:
-                raise _refuse(out, f"holds samples of another checkpoint (hash {str(run.get('checkpoint_hash'))[:12]}, "
-                                   f"this one {ckhash[:12]})")
-            if run.get("config_hash") != chash:
-                raise _refuse(out, "holds samples made with another config" + _config_diff(run.get("config"), cfg))
-        manifest = out / MANIFEST
-        if manifest.is_file():
-            rows = _read_lines(manifest) or []
-            if rows and (rows[0].get("checkpoint_hash") != ckhash or rows[0].get("config_hash") != chash):
-                raise _refuse(out, f"its {MANIFEST} lists samples of another checkpoint or config")
-        parts = out / PARTS
-        if parts.is_dir():
-            for p in sorted(parts.iterdir()):
-                m = _PART.match(p.name)
-                if not m:
-                    continue
-                k = int(m.group(1))
-                rows = _read_lines(p)
-                if rows is None:  # cannot happen with atomic writes; be safe and redo the shard
-                    p.unlink(missing_ok=True)
-                    continue
-                for row in rows:
-                    if row.get("checkpoint_hash") != ckhash or row.get("config_hash") != chash:
-                        raise _refuse(out, f"{PARTS}/{p.name} lists samples of another checkpoint or config")
-                if k >= len(shards) or [row.get("seed") for row in rows] != shards[k]:
-                    raise _refuse(out, f"{PARTS}/{p.name} holds other seeds than this run's shard {k} "
-                                       "(the folder was made for another seed list or shard size)")
-                files = [f for row in rows for f in _row_files(row)]
-                if all(isinstance(f, str) and (out / f).is_file() for f in files):
-                    complete.append(k)
-                else:  # a listed file went missing: generate the shard again
-                    p.unlink(missing_ok=True)
-    (out / PARTS).mkdir(exist_ok=True)
-    if len(complete) < len(shards):  # a manifest.jsonl always means: the run it describes is complete
-        (out / MANIFEST).unlink(missing_ok=True)
-    atomic_write_json(out / RUN, dict(header, status="running"))
-    return complete
-
-
-def _write_manifest(out: Path, shards: list[list[int]]) -> int:
-    """Concatenate the parts in seed-list order into manifest.jsonl (atomically); the line count."""
-    count = 0
-    with atomic_path(out / MANIFEST) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for k, seeds in enumerate(shards):
-                part = out / PARTS / _part_name(k)
-                try:
-                    text = part.read_text(encoding="utf-8")
-                except FileNotFoundError:
-                    raise RuntimeError(f"{part}: shard {k} has no manifest part after generation") from None
-                lines = [ln for ln in text.splitlines() if ln.strip()]
-                if len(lines) != len(seeds):
-                    raise RuntimeError(f"{part}: {len(lines)} lines for {len(seeds)} seeds")
-                for ln in lines:
-                    f.write(ln + "\n")
-                count += len(lines)
-    return count
 
 
 # ----------------------------------------------------------------------------- generation
 
 
-def _null_like(cond: Any, null: dict) -> Any:
-    """The null condition for every example of a batch, shaped like ``cond``."""
-    if isinstance(cond, dict):
-        out = {}
-        for k, v in cond.items():
-            if k not in null:
-                raise InputError(f"classifier-free guidance: the domain gives no null value for condition '{k}'")
-            if isinstance(v, torch.Tensor):
-                out[k] = torch.as_tensor(null[k], dtype=v.dtype, device=v.device).expand(v.shape)
-            else:
-                out[k] = null[k]
-        return out
-    raise InputError("classifier-free guidance needs a conditional template (the domain's template gave no "
-                     "condition table)")
-
-
-def _cast_cond(cond: Any, dtype: torch.dtype) -> Any:
-    def cast(v):
-        return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-
-    if isinstance(cond, dict):
-        return {k: cast(v) for k, v in cond.items()}
-    return cast(cond)
-
-
 class _Generator:
-    """Generates shards: template -> prior -> sampler -> decode -> write -> manifest part."""
+    """Generates shards: generate_batch (template -> prior -> sampler) -> decode -> write -> manifest part."""
 
-    def __init__(self, domain: Domain, cfg: dict, ckpt: Checkpoint, denoiser, device: torch.device, out: Path,
-                 chash: str):
-        self.domain, self.cfg, self.ckpt, self.den, self.device, self.out = domain, cfg, ckpt, denoiser, device, out
+    def __init__(self, domain: Domain, cfg: dict, ckpt: Checkpoint, device: torch.device, out: Path, chash: str):
+        self.domain, self.cfg, self.ckpt, self.device, self.out = domain, cfg, ckpt, device, out
         s = cfg["sample"]
+        self.den = denoiser_from_checkpoint(domain, ckpt, cfg, prefer_ema=bool(s["use_ema"]), device=device)
+        self.spec = SampleSpec.from_config(s, self.den.process)
+        if self.spec.dtype is not None:
+            self.den = self.den.to(self.spec.dtype)
+        self.null = guidance_null(domain, cfg, ckpt.data_config, self.spec)
         self.batch_size = int(s["batch_size"])
-        self.sampler = get_sampler(s["sampler"])
-        self.grid = make_grid(s["grid"], denoiser.process, int(s["steps"]))
-        self.t0 = float(self.grid[0])
-        self.guidance = float(s["guidance"])
-        self.null = None
-        if self.guidance > 0:
-            self.null = domain.null_condition(cfg, ckpt.data_config)
-            if self.null is None:
-                raise InputError(f"domain '{domain.name}' has no null condition, so classifier-free guidance "
-                                 f"(guidance={self.guidance}) is not possible; use guidance=0")
-        self.line = {"checkpoint_hash": ckpt.hash, "config_hash": chash, "domain": domain.name,
-                     "sampler": s["sampler"], "steps": int(s["steps"]), "grid": s["grid"], "guidance": self.guidance}
+        self.line = {"checkpoint_hash": ckpt.hash, "config_hash": chash, "domain": domain.name, "grid": s["grid"],
+                     **self.spec.record()}
         self.root = out.resolve()
-        self.dtype = _DTYPES[s.get("dtype")]
-        if self.dtype is not None:
-            self.den = self.den.to(self.dtype)
+        self.network_calls = 0
 
-    def launch(self, seeds: list[int]) -> tuple[Any, Any]:
-        """Sample one batch: template -> prior -> sampler. On a GPU this only queues the work."""
-        dc = self.ckpt.data_config
-        tpl: Batch = self.domain.template(seeds, self.cfg, dc)
-        if tpl.x0.batch_size != len(seeds):
-            raise RuntimeError(f"domain '{self.domain.name}': template gave {tpl.x0.batch_size} examples for {len(seeds)} seeds")
-        tpl = tpl.to(self.device)
-        if self.dtype is not None:
-            tpl = Batch(tpl.x0.to(dtype=self.dtype), _cast_cond(tpl.cond, self.dtype))
-        noise = ExampleNoise(seeds)  # seeds checked on the host; keep the counter stream on the device
-        noise.seeds = noise.seeds.to(self.device)
-        den = self.den
-        if self.null is not None:
-            den = ClassifierFreeGuidance(self.den, self.guidance, _null_like(tpl.cond, self.null))
-        x = prior(den.process, tpl.x0, noise, t=self.t0)  # one noise object: prior and sampler draws never repeat
-        kwargs = self.pinned(tpl, seeds, den)
-        return self.sampler(den, x, self.grid, tpl.cond, noise=noise, **kwargs), tpl.cond
+    def launch(self, seeds: list[int]):
+        """Sample one batch. On a GPU this only queues the work."""
+        return generate_batch(self.domain, self.den, seeds, self.cfg, self.ckpt.data_config, self.spec,
+                              device=self.device, null=self.null)
 
-    def pinned(self, tpl: Batch, seeds: list[int], den) -> dict:
-        """The sampler's inpainting arguments: the domain's constraint for this batch, if any."""
-        s = self.cfg["sample"]
-        pin = self.domain.constraint(tpl, seeds, self.cfg, self.ckpt.data_config)
-        if pin is None:
-            if s["sampler"] in _NEEDS_CONSTRAINT:
-                raise InputError(f"sampler '{s['sampler']}' resamples around known data, and this "
-                                 f"'{self.domain.name}' configuration pins none (nothing to inpaint)")
-            return {}
-        known, mask = pin
-        known = known.to(self.device)
-        if self.dtype is not None:
-            known = known.to(dtype=self.dtype)
-        inpaint = Inpaint(known, {k: m.to(self.device) for k, m in mask.items()}, den.process)
-        kwargs = {"constraint": inpaint}
-        if s["sampler"] in _NEEDS_CONSTRAINT:
-            kwargs["resample"] = int(s["resample"])
-        return kwargs
-
-    def store(self, k: int, seeds: list[int], x0, cond, lines: list[str], last: bool, advance) -> None:
+    def store(self, k: int, seeds: list[int], made, lines: list[str], last: bool, advance) -> None:
         """Decode and write one batch; after the shard's last batch, its manifest part."""
         with torch.inference_mode():
             if self.device.type == "cuda" and self.device.index is not None:
                 torch.cuda.set_device(self.device)  # the current device is per thread
             dc = self.ckpt.data_config
-            objects = self.domain.decode(x0, cond, dc)
-            del x0
+            objects = self.domain.decode(made.x0, made.cond, dc)
             if len(objects) != len(seeds):
                 raise RuntimeError(f"domain '{self.domain.name}': decode gave {len(objects)} objects for {len(seeds)} seeds")
             paths = self.domain.write(objects, seeds, self.out, dc)
@@ -634,12 +192,13 @@ class _Generator:
                 raise RuntimeError(f"domain '{self.domain.name}': write returned {len(paths)} paths for {len(seeds)} seeds")
             for seed, p in zip(seeds, paths):
                 main, *extra = [p] if isinstance(p, (str, os.PathLike)) else list(p)
-                row = dict(self.line, seed=int(seed), shard=k, file=self.relative(Path(main)))
+                row = dict(self.line, seed=int(seed), shard=k, file=self.relative(Path(main)),
+                           network_calls=int(made.network_calls))
                 if extra:
                     row["companions"] = [self.relative(Path(e)) for e in extra]
                 lines.append(json.dumps(row, sort_keys=True))
             if last:  # every file of the shard is in place: the shard is complete
-                atomic_write_text(self.out / PARTS / _part_name(k), "\n".join(lines) + "\n")
+                atomic_write_text(self.out / PARTS / part_name(k), "\n".join(lines) + "\n")
         if advance is not None:
             advance(len(seeds))
 
@@ -661,31 +220,19 @@ class _Generator:
                     for i in range(0, len(seeds), self.batch_size):
                         chunk = seeds[i:i + self.batch_size]
                         with torch.inference_mode():
-                            x0, cond = self.launch(chunk)
+                            made = self.launch(chunk)
+                        self.network_calls = max(self.network_calls, made.network_calls)
                         if pending is not None:
                             pending.result()  # raises the writer's error, if any
                         last = i + self.batch_size >= len(seeds)
-                        pending = writer.submit(self.store, k, chunk, x0, cond, lines, last, advance)
-                        del x0, cond
+                        pending = writer.submit(self.store, k, chunk, made, lines, last, advance)
+                        del made
                 if pending is not None:
                     pending.result()
             except BaseException:
                 if pending is not None:
                     pending.cancel()
                 raise
-
-
-def _progress_bar(enabled: bool, total: int, done: int, label: str):
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True))
-    task = bar.add_task(label, total=total, completed=done, rate="")
-    return bar, task
 
 
 def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
@@ -704,7 +251,7 @@ def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: s
     start = time.perf_counter()
     out = Path(out)
     seed_list = parse_seeds(n, seeds)
-    ctx = _Dist()
+    ctx = Distributed.start("gloo")
     try:
         return _sample(ctx, start, model, out, seed_list, n, seeds,
                        dict(batch_size=batch_size, sampler=sampler, steps=steps, grid=grid, guidance=guidance),
@@ -713,17 +260,16 @@ def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: s
         ctx.close()
 
 
-def _sample(ctx: _Dist, start: float, model, out: Path, seed_list: list[int], n, seeds_arg, explicit: dict,
+def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[int], n, seeds_arg, explicit: dict,
             overrides, device, progress, overwrite) -> SampleResult:
-    # ---- setup, on every rank
+    # 1. set-up, on every rank: the model, the config, the sampling spec, the shards
     err = None
     try:
         domain, ckpt = _load_model(model)
         cfg = _resolve_config(domain, ckpt, explicit, list(overrides))
         dev = pick_device(device, ctx.local_rank)
-        den = _build_denoiser(domain, cfg, ckpt, dev)
         chash = samples_config_hash(cfg)
-        gen = _Generator(domain, cfg, ckpt, den, dev, out, chash)
+        gen = _Generator(domain, cfg, ckpt, dev, out, chash)
         shards = shard_seeds(seed_list, int(cfg["sample"]["shard_size"]))
     except Exception as e:  # noqa: BLE001 - reported to every rank
         err = e
@@ -731,80 +277,62 @@ def _sample(ctx: _Dist, start: float, model, out: Path, seed_list: list[int], n,
 
     spec = ({"n": n} if n is not None else {"seeds": seeds_arg if isinstance(seeds_arg, str) else "list"})
     header = {
-        "format": FORMAT, "domain": domain.name, "checkpoint": str(ckpt.path), "checkpoint_hash": ckpt.hash,
-        "checkpoint_step": ckpt.meta.get("step"), "config_hash": chash, "config": cfg,
+        "format": FORMAT, "domain": domain.name, "plugin": provider(domain), "checkpoint": str(ckpt.path),
+        "checkpoint_hash": ckpt.hash, "checkpoint_step": ckpt.meta.get("step"), "config_hash": chash, "config": cfg,
         "weights": "ema" if cfg["sample"].get("use_ema", True) and ckpt.has("ema.safetensors") else "model",
         "seeds": dict(spec, count=len(seed_list), first=seed_list[0], last=seed_list[-1], sha256=sha256_json(seed_list)),
         "shard_size": int(cfg["sample"]["shard_size"]), "shards": len(shards), "world_size": ctx.world,
-        "device": str(dev), "torch": torch.__version__,
+        "device": str(dev), "torch": torch.__version__, "sciffusion_version": __version__,
     }
-    try:
-        from .. import __version__ as version
-        header["sciffusion_version"] = version
-    except ImportError:  # pragma: no cover
-        pass
 
-    # ---- the folder: rank 0 checks and cleans it, every rank learns which shards are complete
-    complete, msg = None, None
-    if ctx.rank == 0:
+    # 2. the folder: rank 0 checks and cleans it, every rank learns which shards are complete
+    def prepared() -> list[int]:
         try:
-            complete = _prepare(out, shards=shards, chash=chash, ckhash=ckpt.hash, cfg=cfg, overwrite=overwrite,
-                                header=header)
-        except InputError as e:
-            msg = str(e)
+            return prepare(out, shards=shards, chash=chash, ckhash=ckpt.hash, cfg=cfg, overwrite=overwrite,
+                           header=header)
         except OSError as e:
-            msg = f"{out}: cannot prepare the output folder ({e})"
-    complete, msg = ctx.broadcast((complete, msg))
-    if msg is not None:
-        raise InputError(msg)
-    done = set(complete)
+            raise InputError(f"{out}: cannot prepare the output folder ({e})") from None
+
+    done = set(ctx.on_main(prepared))
     todo = [k for k in range(len(shards)) if k not in done]
     mine = todo[ctx.rank::ctx.world]
     skipped = sum(len(shards[k]) for k in done)
 
-    # ---- generate this rank's shards
-    show = ctx.rank == 0 and (progress if progress is not None else sys.stderr.isatty())
-    my_total = sum(len(shards[k]) for k in mine)
+    # 3. generate this rank's shards
+    show = ctx.main and (progress if progress is not None else sys.stderr.isatty())
     label = "sampling" + (f" (rank 0 of {ctx.world})" if ctx.world > 1 else "")
-    pb = _progress_bar(bool(show), my_total, 0, label)
     generated, err = 0, None
     t_gen = time.perf_counter()
     try:
-        if pb is not None:
-            pb[0].start()
-
-        def advance(m: int) -> None:
-            nonlocal generated
-            generated += m
-            if pb is not None:
+        with Progress(label, sum(len(shards[k]) for k in mine), 0, bool(show)) as bar:
+            def advance(m: int) -> None:
+                nonlocal generated
+                generated += m
                 dt = time.perf_counter() - t_gen
-                pb[0].update(pb[1], advance=m, rate=f"{generated / dt:.1f} samples/s" if dt > 0 else "")
+                bar.advance(m, info=f"{generated / dt:.1f} samples/s" if dt > 0 else "")
 
-        gen.run(((k, shards[k]) for k in mine), advance)
+            gen.run(((k, shards[k]) for k in mine), advance)
     except Exception as e:  # noqa: BLE001 - reported to every rank
         err = e
-    finally:
-        if pb is not None:
-            pb[0].stop()
     ctx.agree(err)
     total_generated = sum(ctx.gather(generated))
+    calls = max(ctx.gather(gen.network_calls))
 
-    # ---- rank 0: manifest and run.json
+    # 4. rank 0: manifest and run.json
     seconds = time.perf_counter() - start
     rate = total_generated / seconds if seconds > 0 else 0.0
-    msg = None
-    if ctx.rank == 0:
+
+    def finish() -> None:
         try:
-            files = _write_manifest(out, shards)
+            files = write_manifest(out, shards)
             atomic_write_json(out / RUN, dict(header, status="complete", files=files, generated=total_generated,
-                                              skipped=skipped, seconds=round(seconds, 3),
-                                              samples_per_s=round(rate, 3),
+                                              skipped=skipped, seconds=round(seconds, 3), samples_per_s=round(rate, 3),
+                                              network_calls_per_sample=calls,
                                               finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
         except Exception as e:  # noqa: BLE001
-            msg = f"{type(e).__name__}: {e}"
-    msg = ctx.broadcast(msg)
-    if msg is not None:
-        raise RuntimeError(f"{out}: writing the manifest failed: {msg}")
+            raise RuntimeError(f"{out}: writing the manifest failed: {type(e).__name__}: {e}") from None
+
+    ctx.on_main(finish)
     return SampleResult(out=out, manifest=out / MANIFEST, files=len(seed_list), generated=total_generated,
                         skipped=skipped, seconds=seconds, samples_per_s=rate, checkpoint_hash=ckpt.hash,
-                        config_hash=chash, shards=len(shards))
+                        config_hash=chash, shards=len(shards), network_calls=calls)

@@ -47,21 +47,27 @@ def log_snr_uniform(process: Process, steps: int, t_max: float = 1.0, t_min: flo
 def karras(process: Process, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
     """Karras et al. (2022) eq. 5: VE-equivalent sigmas rho-spaced from sigma_max to sigma_min,
     mapped to each process's time through its log-SNR, then t = 0. The range is clipped to what
-    the process reaches on [0, 1]."""
+    the process reaches on [0, 1]; when the process's own sigma~(0) lies above sigma_min, the
+    rho-spaced sigmas end there, at t = 0 (no zero-length last step). n steps are n intervals."""
     _check_steps(steps)
     ends = process.sigma_tilde(torch.tensor([0.0, 1.0], dtype=torch.float64))
     lo = max(sigma_min, float(ends[0]))
     hi = min(sigma_max, float(ends[1]))
     if not lo < hi:
         raise ValueError(f"karras grid: sigma range [{sigma_min}, {sigma_max}] does not overlap the process's")
-    if steps == 1:
+    ends_at_data = lo == float(ends[0])  # sigma~(0) > sigma_min: the last sigma is the process's t = 0
+    points = steps + 1 if ends_at_data else steps
+    if points == 1:
         sig = torch.tensor([hi], dtype=torch.float64)
     else:
-        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        ramp = torch.linspace(0, 1, points, dtype=torch.float64)
         sig = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
     times = process.t_of_sigma_tilde(sig).clamp(0, 1)
     if hi == float(ends[1]):
         times[0] = 1.0
+    if ends_at_data:
+        times[-1] = 0.0
+        return times
     return torch.cat([times, torch.zeros(1, dtype=torch.float64)])
 
 
@@ -86,18 +92,19 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
 
 
-GRIDS = {"uniform", "log_snr", "karras", "discrete"}
+#: time grid builders by name, each (process, steps, **options) -> grid
+GRIDS = {
+    "uniform": lambda process, steps, **kw: uniform(steps, **kw),
+    "log_snr": log_snr_uniform,
+    "karras": karras,
+    "discrete": lambda process, steps, **kw: discrete(steps, **kw),
+}
 
 
 def make_grid(kind: str, process: Process, steps: int, **kw) -> Tensor:
-    """Build a grid by name: uniform, log_snr, karras, discrete."""
-    if kind == "uniform":
-        return uniform(steps, **kw)
-    if kind == "log_snr":
-        return log_snr_uniform(process, steps, **kw)
-    if kind == "karras":
-        return karras(process, steps, **kw)
-    if kind == "discrete":
-        return discrete(steps, **kw)
-    raise ValueError(f"unknown grid '{kind}'; known: {sorted(GRIDS)}")
-
+    """Build a grid by name (see GRIDS)."""
+    try:
+        build = GRIDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown grid '{kind}'; known: {sorted(GRIDS)}") from None
+    return build(process, steps, **kw)

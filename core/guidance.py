@@ -5,8 +5,8 @@ known parts of the state during sampling.
   the conditional model.
 - ClassifierGuidance: score + scale * grad log p(y | x_t), i.e. D += scale * sigma^2/alpha * grad
   (Dhariwal & Nichol 2021), for any differentiable log p(y | x_t, t).
-- Inpaint: replacement (Song et al. 2021 / "known parts noised to the current time"), and RePaint
-  resampling (Lugmayr et al. 2022) through ``sample_repaint``.
+- Inpaint: replacement (Song et al. 2021 / "known parts noised to the current time"), for every
+  sampler, and RePaint resampling (Lugmayr et al. 2022) through ``samplers.sample_repaint``.
 - SDEdit: start from data noised to t0 and sample from there (Meng et al. 2022).
 """
 
@@ -17,10 +17,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from .noise import ExampleNoise
+from .noise import ExampleNoise, need_noise
 from .process import Process
-from .samplers import Callback, _after_step, _eval, _finish, _need_noise, _start, ddpm_posterior
-from .state import State, expand_mask
+from .spaces import expand_mask
+from .state import State
 
 
 class ClassifierFreeGuidance(torch.nn.Module):
@@ -93,7 +93,7 @@ class Inpaint:
     def noised_known(self, t: float, noise: ExampleNoise) -> State:
         tt = torch.tensor(t, dtype=torch.float64)
         a, s = float(self.process.alpha(tt)), float(self.process.sigma(tt))
-        z = _need_noise(noise, "inpainting").normal(self.known)
+        z = need_noise(noise, "inpainting").normal(self.known)
         return self.known * a + z * s
 
     def _merge(self, x: State, known: State) -> State:
@@ -107,35 +107,6 @@ class Inpaint:
 
     def finish(self, x: State) -> State:
         return self._merge(x, self.known)
-
-
-def sample_repaint(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=None, constraint: Inpaint | None = None,
-                   callback: Callback | None = None, final_denoise: bool = True, resample: int = 10) -> State:
-    """RePaint (Lugmayr et al. 2022, Alg. 1, jump length 1): each ancestral step is repeated
-    ``resample`` times; between repeats the merged state is diffused back one step,
-    x_t = (a_t/a_n) x_n + sqrt(s_t^2 - (a_t/a_n)^2 s_n^2) z, so the free part harmonises with the known part."""
-    noise = _need_noise(noise, "RePaint")
-    if constraint is None:
-        raise ValueError("RePaint needs constraint=Inpaint(...)")
-    if resample < 1:
-        raise ValueError("resample must be >= 1")
-    sched, x = _start(denoiser, x, grid, constraint, noise)
-    for i in range(sched.steps):
-        cx, cd, std = ddpm_posterior(sched, i)
-        a, s, a_n, s_n = sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
-        for u in range(resample):
-            D = _eval(denoiser, x, sched.t[i], cond)
-            z = noise.normal(x)
-            x_n = x * cx + D * cd
-            if std > 0:
-                x_n = x_n + z * std
-            x_n = constraint(x_n.project(), sched.t[i + 1], noise)
-            if u < resample - 1 and a_n > 0:
-                back = a / a_n
-                jump = max(0.0, s**2 - back**2 * s_n**2) ** 0.5
-                x = (x_n * back + noise.normal(x_n) * jump).project()
-        x = _after_step(x_n, i, sched, D, None, noise, callback)
-    return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
 def sdedit_start(x0: State, t0: float, process: Process, noise: ExampleNoise) -> State:

@@ -1,6 +1,9 @@
 """Per-example randomness: every draw of example i depends only on (seed_i, draw number, field,
 position inside the example), never on batch size, batch composition, padding or device.
 
+This is the project's one noise generator: sampling keys it by each example's seed, training by
+a hash of (run seed, stream, example position) (:func:`keyed_seeds`).
+
 The generator is counter-based: a 32-bit integer hash (a "lowbias32" mixer) of the key gives two
 uniforms per entry and Box-Muller turns them into a standard normal, all vectorised in torch, so a
 sampling loop needs no per-example Python loop and no host sync.
@@ -18,6 +21,29 @@ from torch import Tensor
 from .state import State
 
 _M32 = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
+_M63 = (1 << 63) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def mix_seed(*values: int) -> int:
+    """A 64-bit seed that is a hash of the given integers (order matters)."""
+    h = 0x243F6A8885A308D3
+    for v in values:
+        h = _splitmix64(h ^ (int(v) & _M64))
+    return h
+
+
+def keyed_seeds(key: int, positions) -> list[int]:
+    """Per-example seeds (non-negative, 63-bit) for ``ExampleNoise``: hashes of (key, position), so
+    training noise depends on the run's seed, its stream and the example's position alone."""
+    return [mix_seed(key, int(p)) & _M63 for p in positions]
 
 
 def mix32(x: Tensor) -> Tensor:
@@ -74,6 +100,13 @@ def gaussian_from_keys(seeds: Tensor, example: Tensor, stream: int, counter: int
     u1 = _uniform_open(mix32(h ^ 0x68E31DA4))
     u2 = _uniform_open(mix32(h ^ 0xB5297A4D))
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def need_noise(noise: "ExampleNoise | None", what: str) -> "ExampleNoise":
+    """``noise``, or a clear error for a stochastic method called without it."""
+    if noise is None:
+        raise ValueError(f"{what} is stochastic: pass noise=ExampleNoise(seeds)")
+    return noise
 
 
 class ExampleNoise:

@@ -1,38 +1,115 @@
-"""Training objectives: per-field regression losses with masks, time sampling, loss weightings and
-condition dropout for classifier-free guidance.
+"""Training objectives: per-field regression of the network output F on its target, with masks,
+time distributions, loss weightings and condition dropout for classifier-free guidance.
 
-Every weighting is defined on the x0 error and converted to the network's own prediction space:
-if prediction_error = b(t) * x0_error (``x0_error_gain``), a weight w(t) on |x0 error|^2 becomes
-w(t) / b(t)^2 on |prediction error|^2.
-  uniform   plain MSE in the prediction's own space (w = b^2)
-  snr       w = SNR = exp(lambda)            (= eps-MSE, Ho et al. 2020)
-  min_snr   w = min(SNR, gamma)             (Hang et al. 2023)
-  edm       w = (sigma~^2 + sigma_data^2) / (sigma~ sigma_data)^2   (Karras et al. 2022)
+The objective reads its process and parameterisation from the denoiser it trains (one source of
+both). Every weighting is defined on the x0 error and carried to F's error with c_out^2 (an x0
+error e is an F error e / c_out, see ``core.parameterisation``):
+  uniform   plain MSE of F (weight 1 on F's error; for eps-prediction the "simple" DDPM loss)
+  snr       w = SNR = exp(lambda) on the x0 error     (= eps-MSE, Ho et al. 2020)
+  min_snr   w = min(SNR, gamma)                       (Hang et al. 2023)
+  edm       w = (s^2 + sigma_data^2) / (s sigma_data)^2, s = sigma/alpha   (Karras et al. 2022)
+With EDM's preconditioning, "edm" weighting is a weight of exactly 1 on F's error.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor
 
-from .parameterisation import Coefficients, Denoiser, EDMPreconditioning, coefficients, target, x0_error_gain
-from .process import Process, check_t
-from .state import State, expand_mask
+from .config import Annotated, Check, ConfigError, Table, one_of, positive, unit_interval
+from .parameterisation import PREDICTIONS, Denoiser, EDMPreconditioning, Parameterisation, make_parameterisation
+from .process import Coefficients, Process, check_t
+from .spaces import expand_mask
+from .state import State
 
 WEIGHTINGS = ("uniform", "snr", "min_snr", "edm")
-TIME_SAMPLERS = ("uniform", "discrete", "lognormal", "logit_normal")
+#: time distributions and the defaults of their parameters (``objective.time_params``)
+TIME_SAMPLERS: dict[str, tuple[float, ...]] = {
+    "uniform": (),  # U[t_min, 1]
+    "discrete": (),  # k/T, k uniform in 1..T (EDM's integer steps)
+    "lognormal": (-1.2, 1.2),  # ln sigma~ ~ N(P_mean, P_std^2) (Karras et al. 2022)
+    "logit_normal": (0.0, 1.0),  # t = sigmoid(N(m, s^2)) (Esser et al. 2024, SD3)
+    "beta": (1.0, 1.0),  # t ~ Beta(a, b)
+}
+#: the smallest noise level sigma~ = sigma/alpha that samplers reach (``grids.karras``'s end)
+SIGMA_MIN = 0.002
+
+
+def _weightings() -> tuple:
+    return ("auto",) + WEIGHTINGS
+
+
+def _time_samplers() -> tuple:
+    return ("auto",) + tuple(TIME_SAMPLERS)
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig(Table):
+    """The ``[objective]`` table."""
+
+    prediction: Annotated[str, one_of(PREDICTIONS)] = "v"  # what the network predicts: eps | x0 | v | velocity
+    edm_preconditioning: bool = False  # EDM's c_skip/c_out/c_in/c_noise around an x0 prediction
+    sigma_data: Annotated[float, positive()] = 0.5  # EDM: the data's standard deviation
+    weighting: Annotated[str, one_of(_weightings)] = "auto"  # auto: edm with EDM preconditioning, else uniform
+    min_snr_gamma: Annotated[float, positive()] = 5.0  # min_snr weighting: min(SNR, gamma)
+    time_sampler: Annotated[str, one_of(_time_samplers)] = "auto"  # auto: lognormal with EDM preconditioning, else uniform
+    time_params: list[float] = field(default_factory=list)  # the time distribution's parameters; [] = its defaults
+    t_min: Annotated[float, Check(lo=0, hi=1, hi_open=True)] = 1e-3  # uniform, logit_normal, beta: times below are clamped
+    sigma_min: Annotated[float, positive()] = SIGMA_MIN  # lognormal: smallest sigma~ drawn (where the karras grid ends)
+    timesteps: Annotated[int, Check(lo=1)] = 1000  # discrete: T
+    condition_dropout: Annotated[float, unit_interval()] = 0.0  # p of replacing a condition by the null one (CFG)
+    field_weights: dict = field(default_factory=dict)  # {field: weight} on each field's loss (default 1)
+
+    @classmethod
+    def check(cls, table: dict, cfg: dict) -> None:
+        if table["edm_preconditioning"] and table["prediction"] != "x0":
+            raise ConfigError("objective.prediction", "EDM preconditioning wraps an x0 prediction: set prediction = "
+                                                      f"\"x0\" (got {table['prediction']!r})")
+        kind = resolved_time_sampler(table)
+        want = len(TIME_SAMPLERS[kind])
+        if table["time_params"] and len(table["time_params"]) != want:
+            raise ConfigError("objective.time_params", f"time_sampler {kind!r} takes {want} parameters "
+                                                       f"{list(TIME_SAMPLERS[kind]) or ''}, got {table['time_params']!r}")
+        if kind == "beta" and any(p <= 0 for p in table["time_params"]):
+            raise ConfigError("objective.time_params", f"Beta(a, b) needs a, b > 0, got {table['time_params']!r}")
+        for k, w in table["field_weights"].items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ConfigError(f"objective.field_weights.{k}", f"must be a number >= 0, got {w!r}")
+
+
+def resolved_weighting(obj: Mapping) -> str:
+    w = obj.get("weighting", "auto")
+    return ("edm" if obj.get("edm_preconditioning") else "uniform") if w == "auto" else w
+
+
+def resolved_time_sampler(obj: Mapping) -> str:
+    kind = obj.get("time_sampler", "auto")
+    return ("lognormal" if obj.get("edm_preconditioning") else "uniform") if kind == "auto" else kind
+
+
+def parameterisation_of(obj: Mapping) -> Parameterisation:
+    """The parameterisation an ``[objective]`` table asks for."""
+    return make_parameterisation(obj.get("prediction", "v"), bool(obj.get("edm_preconditioning")),
+                                 float(obj.get("sigma_data", 0.5)))
+
+
+# ----------------------------------------------------------------------------- times
 
 
 def sample_time(kind: str, batch: int, process: Process, *, generator: torch.Generator | None = None,
-                device=None, t_min: float = 1e-3, timesteps: int = 1000, p_mean: float = -1.2,
-                p_std: float = 1.2) -> Tensor:
-    """Training times (B,) float64 in [0, 1].
+                device=None, params: tuple | list = (), t_min: float = 1e-3, sigma_min: float = SIGMA_MIN,
+                timesteps: int = 1000) -> Tensor:
+    """Training times (B,) float64 in [0, 1] from the distribution ``kind`` (see TIME_SAMPLERS).
 
-    uniform: U[t_min, 1]. discrete: k/T with k uniform in {1..T} (EDM's integer steps).
-    lognormal: ln sigma~ ~ N(p_mean, p_std^2), mapped to t (EDM). logit_normal: t = sigmoid(N(p_mean, p_std^2)) (SD3)."""
+    lognormal draws sigma~ and clamps it to [sigma_min, sigma~(1)], the range samplers cover (its
+    times are the process's own); uniform, logit_normal and beta clamp at t_min."""
+    if kind not in TIME_SAMPLERS:
+        raise ValueError(f"unknown time sampler '{kind}'; known: {tuple(TIME_SAMPLERS)}")
+    p = tuple(params) or TIME_SAMPLERS[kind]
     if kind == "uniform":
         u = torch.rand(batch, generator=generator, dtype=torch.float64)
         t = t_min + (1.0 - t_min) * u
@@ -40,13 +117,36 @@ def sample_time(kind: str, batch: int, process: Process, *, generator: torch.Gen
         t = torch.randint(1, timesteps + 1, (batch,), generator=generator).to(torch.float64) / timesteps
     elif kind == "lognormal":
         z = torch.randn(batch, generator=generator, dtype=torch.float64)
-        t = process.t_of_sigma_tilde(torch.exp(p_mean + p_std * z)).clamp(t_min, 1.0)
+        top = float(process.sigma_tilde(torch.ones((), dtype=torch.float64)))
+        s = torch.exp(p[0] + p[1] * z).clamp(min=sigma_min, max=top)
+        t = process.t_of_sigma_tilde(s).clamp(0.0, 1.0)
     elif kind == "logit_normal":
         z = torch.randn(batch, generator=generator, dtype=torch.float64)
-        t = torch.sigmoid(p_mean + p_std * z).clamp(t_min, 1.0)
-    else:
-        raise ValueError(f"unknown time sampler '{kind}'; known: {TIME_SAMPLERS}")
+        t = torch.sigmoid(p[0] + p[1] * z).clamp(t_min, 1.0)
+    else:  # beta: X / (X + Y) with X ~ Gamma(a), Y ~ Gamma(b) (torch's samplers take no generator)
+        x, y = _gamma(p[0], batch, generator), _gamma(p[1], batch, generator)
+        t = (x / (x + y)).clamp(t_min, 1.0)
     return t.to(device) if device is not None else t
+
+
+def _gamma(k: float, n: int, generator) -> Tensor:
+    """Gamma(k, 1) by Marsaglia & Tsang (2000), boosted by U^(1/k) for k < 1; float64."""
+    boost = k < 1
+    k = k + 1.0 if boost else k
+    d = k - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(n, dtype=torch.float64)
+    todo = torch.arange(n)
+    while todo.numel():
+        z = torch.randn(todo.numel(), generator=generator, dtype=torch.float64)
+        u = torch.rand(todo.numel(), generator=generator, dtype=torch.float64)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z**2 + d - d * v + d * torch.log(v.clamp_min(1e-300)))
+        out[todo[ok]] = (d * v)[ok]
+        todo = todo[~ok]
+    if boost:
+        out = out * torch.rand(n, generator=generator, dtype=torch.float64) ** (1.0 / (k - 1.0))
+    return out
 
 
 def diffuse(x0: State, t: Tensor, eps: State, process: Process) -> State:
@@ -55,8 +155,35 @@ def diffuse(x0: State, t: Tensor, eps: State, process: Process) -> State:
     return (x0.scale(process.alpha(t64)) + eps.scale(process.sigma(t64))).project()
 
 
+# ----------------------------------------------------------------------------- conditions
+
+
+def replace_condition(cond: Mapping[str, Any], drop: Tensor, null: Mapping[str, Any]) -> dict:
+    """Each example's condition, replaced by ``null[key]`` where ``drop`` (B,) is True (the same
+    examples for every key). Keys without a null value are an error."""
+    out = {}
+    for k, v in cond.items():
+        if k not in null:
+            raise ValueError(f"no null value given for condition '{k}' (the domain's null_condition)")
+        if isinstance(v, Tensor):
+            d = drop.to(v.device).reshape(-1, *([1] * (v.dim() - 1)))
+            out[k] = torch.where(d, torch.as_tensor(null[k], dtype=v.dtype, device=v.device), v)
+        else:
+            out[k] = null[k]
+    return out
+
+
+def null_condition_like(cond: Any, null: Mapping[str, Any]) -> dict:
+    """The null condition for every example of a batch, shaped like ``cond`` (a dict of tensors)."""
+    if not isinstance(cond, Mapping) or not cond:
+        raise ValueError("classifier-free guidance needs the batch condition as a dict of tensors "
+                         f"(the domain's template gave {type(cond).__name__})")
+    batch = next(iter(v for v in cond.values() if isinstance(v, Tensor))).shape[0]
+    return replace_condition(cond, torch.ones(batch, dtype=torch.bool), null)
+
+
 def drop_condition(cond: Mapping[str, Tensor], p: float, null: Mapping[str, Any], *,
-                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                   generator: torch.Generator | None = None) -> dict:
     """Classifier-free guidance training: replace each example's condition by ``null[key]`` with
     probability p (the same examples are dropped for every key)."""
     if not 0.0 <= p <= 1.0:
@@ -64,70 +191,75 @@ def drop_condition(cond: Mapping[str, Tensor], p: float, null: Mapping[str, Any]
     if not cond:
         return dict(cond)
     batch = next(iter(cond.values())).shape[0]
-    drop = torch.rand(batch, generator=generator) < p
-    out = {}
-    for k, v in cond.items():
-        if k not in null:
-            raise ValueError(f"no null value given for condition '{k}'")
-        d = drop.to(v.device).reshape(-1, *([1] * (v.dim() - 1)))
-        out[k] = torch.where(d, torch.as_tensor(null[k], dtype=v.dtype, device=v.device), v)
-    return out
+    return replace_condition(cond, torch.rand(batch, generator=generator) < p, null)
+
+
+# ----------------------------------------------------------------------------- the loss
 
 
 @dataclass
 class DiffusionObjective:
-    """Weighted regression loss of a ``Denoiser`` on clean states.
+    """Weighted regression loss of a ``Denoiser``'s network output F on its target.
 
-    Loss per example = w(t) * mean over real entries (all diffused fields) of |pred - target|^2;
-    the batch loss is the mean over examples. Fields listed in ``field_weights`` are scaled."""
+    Loss per example = w_F(t) * mean over real entries (all diffused fields, each scaled by its
+    ``field_weights``) of |F - target|^2; the batch loss is the mean over examples."""
 
-    process: Process
-    prediction: str = "eps"
     weighting: str = "uniform"
+    time_sampler: str = "uniform"
+    time_params: tuple = ()
     min_snr_gamma: float = 5.0
     sigma_data: float = 0.5
-    time_sampler: str = "uniform"
     t_min: float = 1e-3
+    sigma_min: float = SIGMA_MIN
     timesteps: int = 1000
     field_weights: Mapping[str, float] | None = None
+
+    CONFIG_KEYS: ClassVar[tuple] = ("min_snr_gamma", "sigma_data", "t_min", "sigma_min", "timesteps")
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting '{self.weighting}'; known: {WEIGHTINGS}")
         if self.time_sampler not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time sampler '{self.time_sampler}'; known: {TIME_SAMPLERS}")
+            raise ValueError(f"unknown time sampler '{self.time_sampler}'; known: {tuple(TIME_SAMPLERS)}")
 
-    def x0_weight(self, t: Tensor) -> Tensor:
-        """w(t) on the x0 error, (B,) float64 (None-equivalent for 'uniform')."""
-        t64 = t.to(torch.float64)
-        snr = torch.exp(self.process.log_snr(t64))
+    @classmethod
+    def from_config(cls, obj: Mapping) -> "DiffusionObjective":
+        """The objective of an ``[objective]`` table ("auto" resolved)."""
+        return cls(weighting=resolved_weighting(obj), time_sampler=resolved_time_sampler(obj),
+                   time_params=tuple(obj.get("time_params") or ()), field_weights=dict(obj.get("field_weights") or {}),
+                   **{k: obj[k] for k in cls.CONFIG_KEYS if k in obj})
+
+    def x0_weight(self, c: Coefficients) -> Tensor:
+        """w(t) on the x0 error, (B,) float64."""
+        snr = (c.alpha / c.sigma) ** 2
         if self.weighting == "snr":
             return snr
         if self.weighting == "min_snr":
             return torch.clamp(snr, max=self.min_snr_gamma)
         if self.weighting == "edm":
-            return EDMPreconditioning(self.sigma_data).loss_weight(self.process.sigma_tilde(t64))
+            return EDMPreconditioning(self.sigma_data).loss_weight(c.sigma / c.alpha)
         raise ValueError("uniform weighting has no x0 weight")
 
-    def sample_t(self, batch: int, generator=None, device=None) -> Tensor:
-        return sample_time(self.time_sampler, batch, self.process, generator=generator, device=device,
-                           t_min=self.t_min, timesteps=self.timesteps)
+    def sample_t(self, batch: int, process: Process, generator=None, device=None) -> Tensor:
+        return sample_time(self.time_sampler, batch, process, generator=generator, device=device,
+                           params=self.time_params, t_min=self.t_min, sigma_min=self.sigma_min,
+                           timesteps=self.timesteps)
 
     def per_example(self, denoiser: Denoiser, x0: State, t: Tensor, eps: State, cond: Any = None) -> Tensor:
         """Weighted loss per example (B,) for given times and noise."""
         check_t(t)
-        x_t = diffuse(x0, t, eps, self.process)
-        preconditioned = getattr(denoiser, "preconditioning", None) is not None
-        if preconditioned:
-            pred = denoiser(x_t, t.to(x0.dtype), cond)
-        else:
-            pred = x_t.like(denoiser.raw(x_t, t.to(x0.dtype), cond).fields).project()
-        prediction = "x0" if preconditioned else denoiser.prediction
+        process, p = denoiser.process, denoiser.parameterisation
+        x_t = diffuse(x0, t, eps, process)
+        t64 = t.to(torch.float64)
+        c = process.coefficients(t64)
+        sc = p.scalings(c, t64)
+        F = denoiser.raw(x_t, t.to(x0.dtype), cond, sc)
+        a, b = sc.target_coefficients(c)
         total = torch.zeros(x0.batch_size, dtype=torch.float64, device=x0.device)
         entries = torch.zeros_like(total)
         for k in x0.fields:
-            c: Coefficients = coefficients(self.process, t, x0, k)
-            err = (pred[k] - target(prediction, x0[k], eps[k], c)).pow(2)
+            target = x0[k] * x0.expand(a, k).to(x0[k].dtype) + eps[k] * x0.expand(b, k).to(x0[k].dtype)
+            err = (F[k] - target).pow(2)
             if k in x0.masks:
                 err = err * expand_mask(x0.masks[k], err).to(err.dtype)
             fw = (self.field_weights or {}).get(k, 1.0)
@@ -135,8 +267,7 @@ class DiffusionObjective:
             entries = entries + x0.layout(k).counts(x0[k])
         loss = total / entries.clamp_min(1)
         if self.weighting != "uniform":
-            gain = _per_example_gain(prediction, self.process, t)
-            loss = loss * self.x0_weight(t).to(loss.device) / gain.to(loss.device) ** 2
+            loss = loss * (self.x0_weight(c) * sc.c_out**2).to(loss.device)
         return loss
 
     def __call__(self, denoiser: Denoiser, x0: State, cond: Any = None, *, generator: torch.Generator | None = None,
@@ -144,16 +275,8 @@ class DiffusionObjective:
         """Scalar training loss; draws t and noise from ``generator`` unless given."""
         x0.check_layout()
         if t is None:
-            t = self.sample_t(x0.batch_size, generator=generator, device=x0.device)
+            t = self.sample_t(x0.batch_size, denoiser.process, generator=generator, device=x0.device)
         if eps is None:
             eps = x0.map(lambda k, v: x0.space(k).noise(
                 torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device), x0.layout(k)))
         return self.per_example(denoiser, x0, t, eps, cond).mean()
-
-
-def _per_example_gain(prediction: str, process: Process, t: Tensor) -> Tensor:
-    """b(t) for scalar per-example coefficients."""
-    t64 = t.to(torch.float64)
-    c = Coefficients(process.alpha(t64), process.sigma(t64), process.d_alpha(t64), process.d_sigma(t64))
-    return x0_error_gain(prediction, c)
-

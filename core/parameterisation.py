@@ -1,15 +1,26 @@
-"""What a network predicts and the exact conversions between predictions and the score.
+"""What a network predicts, written as the four scalings of Karras et al. (2022), Table 1.
 
-With x_t = alpha x0 + sigma eps:
-  eps       noise
-  x0        clean data
-  v         alpha eps - sigma x0                      (Salimans & Ho 2022)
-  velocity  d x_t / dt = alpha' x0 + sigma' eps       (flow matching / rectified flow)
-  score     grad log p_t(x_t) = -eps / sigma
-All functions take tensors already broadcast (per-example scalars expanded to the field's rank).
+With x_t = alpha x0 + sigma eps, every parameterisation here is affine in (x_t, network output F):
 
-Samplers see ONE contract (``Denoiser``): (x_t, t, cond) -> x0-hat. Conversions and EDM's
-preconditioning live in the wrapper, never in a sampler.
+    D(x_t, t) = c_skip x_t + c_out F(c_in x_t, c_noise)          (D: the x0 estimate)
+
+  eps       c_skip = 1/alpha,                    c_out = -sigma/alpha
+  x0        c_skip = 0,                          c_out = 1
+  v         c_skip = alpha/(alpha^2 + sigma^2),  c_out = -sigma/(alpha^2 + sigma^2)   (Salimans & Ho 2022)
+  velocity  c_skip = sigma'/(sigma' alpha - sigma alpha'), c_out = -sigma/(sigma' alpha - sigma alpha')
+            (F = d x_t/dt: flow matching, rectified flow)
+with c_in = 1 and c_noise = t for these four; EDM's preconditioning (Karras et al. 2022) is the same
+table in the VE variables x~ = x/alpha, s = sigma/alpha:
+  edm       c_skip = sd^2/(s^2 + sd^2)/alpha, c_out = s sd/sqrt(s^2 + sd^2),
+            c_in = 1/(alpha sqrt(s^2 + sd^2)), c_noise = log(s)/4          (sd = sigma_data)
+
+Training regresses F on (x0 - c_skip x_t)/c_out, which is a x0 + b eps with the exact
+coefficients a = (1 - c_skip alpha)/c_out, b = -c_skip sigma/c_out (no cancellation at small
+sigma); an error in D is an error in F times 1/c_out, so a weight w(t) on the x0 error is
+w c_out^2 on the F error.
+
+Samplers see ONE contract (:class:`Denoiser`): (x_t, t, cond) -> x0-hat. The helper functions
+below are the plain conversions between predictions (and the score), for users and tests.
 """
 
 from __future__ import annotations
@@ -20,10 +31,13 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
-from .process import Process
+from .process import Coefficients, Process
 from .state import State
 
 PREDICTIONS = ("eps", "x0", "v", "velocity")
+
+
+# ----------------------------------------------------------------------------- plain conversions
 
 
 def eps_from_x0(x_t, x0, alpha, sigma):
@@ -74,72 +88,90 @@ def eps_from_score(score, sigma):
     return -sigma * score
 
 
-@dataclass(frozen=True)
-class Coefficients:
-    """alpha, sigma and their derivatives, broadcast to one field."""
-
-    alpha: Tensor
-    sigma: Tensor
-    d_alpha: Tensor
-    d_sigma: Tensor
-
-
-def coefficients(process: Process, t: Tensor, state: State, name: str) -> Coefficients:
+def field_coefficients(process: Process, t: Tensor, state: State, name: str) -> Coefficients:
+    """alpha, sigma and derivatives at per-example times, broadcast to field ``name`` (its dtype)."""
     x = state[name]
-    tt = t.to(torch.float64)
-    parts = (process.alpha(tt), process.sigma(tt), process.d_alpha(tt), process.d_sigma(tt))
-    a, s, da, ds = (state.expand(p, name).to(x.dtype) for p in parts)
-    return Coefficients(a, s, da, ds)
+    return process.coefficients(t).map(lambda v: state.expand(v, name).to(x.dtype))
 
 
-def target(prediction: str, x0: Tensor, eps: Tensor, c: Coefficients) -> Tensor:
-    """The regression target of a network predicting ``prediction``."""
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        return v_from(x0, eps, c.alpha, c.sigma)
-    if prediction == "velocity":
-        return velocity_from(x0, eps, c.d_alpha, c.d_sigma)
-    raise ValueError(f"unknown prediction '{prediction}'; known: {PREDICTIONS}")
-
-
-def to_x0(prediction: str, out: Tensor, x_t: Tensor, c: Coefficients) -> Tensor:
-    """Convert a network output of type ``prediction`` to x0-hat."""
-    if prediction == "eps":
-        return x0_from_eps(x_t, out, c.alpha, c.sigma)
-    if prediction == "x0":
-        return out
-    if prediction == "v":
-        return x0_from_v(x_t, out, c.alpha, c.sigma)
-    if prediction == "velocity":
-        return x0_from_velocity(x_t, out, c.alpha, c.sigma, c.d_alpha, c.d_sigma)
-    raise ValueError(f"unknown prediction '{prediction}'; known: {PREDICTIONS}")
-
-
-def x0_error_gain(prediction: str, c: Coefficients) -> Tensor:
-    """|d(prediction error) / d(x0 error)| at fixed x_t: the factor b with pred_err = b * x0_err."""
-    if prediction == "eps":
-        return c.alpha / c.sigma
-    if prediction == "x0":
-        return torch.ones_like(c.alpha)
-    if prediction == "v":
-        return (c.alpha**2 + c.sigma**2) / c.sigma
-    if prediction == "velocity":
-        return (c.d_alpha - c.d_sigma * c.alpha / c.sigma).abs()
-    raise ValueError(f"unknown prediction '{prediction}'; known: {PREDICTIONS}")
-
-
-# ----------------------------------------------------------------------------- EDM preconditioning
+# ----------------------------------------------------------------------------- the four scalings
 
 
 @dataclass(frozen=True)
-class EDMPreconditioning:
-    """Karras et al. 2022, Table 1, in terms of the VE-equivalent sigma~ = sigma/alpha and x~ = x/alpha:
+class Scalings:
+    """c_skip, c_out, c_in, c_noise at per-example times: (B,) float64."""
+
+    c_skip: Tensor
+    c_out: Tensor
+    c_in: Tensor
+    c_noise: Tensor
+
+    def target_coefficients(self, c: Coefficients) -> tuple[Tensor, Tensor]:
+        """(a, b) with F's regression target (x0 - c_skip x_t)/c_out = a x0 + b eps."""
+        return (1.0 - self.c_skip * c.alpha) / self.c_out, -self.c_skip * c.sigma / self.c_out
+
+
+class Parameterisation:
+    """What the network predicts; ``scalings`` gives its row of Karras et al. Table 1."""
+
+    name = "parameterisation"
+
+    def scalings(self, c: Coefficients, t: Tensor) -> Scalings:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"prediction": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EpsPrediction(Parameterisation):
+    """F = eps: c_skip = 1/alpha, c_out = -sigma/alpha (Ho et al. 2020)."""
+
+    name = "eps"
+
+    def scalings(self, c, t):
+        return Scalings(1.0 / c.alpha, -c.sigma / c.alpha, torch.ones_like(c.alpha), t)
+
+
+class X0Prediction(Parameterisation):
+    """F = x0: c_skip = 0, c_out = 1."""
+
+    name = "x0"
+
+    def scalings(self, c, t):
+        return Scalings(torch.zeros_like(c.alpha), torch.ones_like(c.alpha), torch.ones_like(c.alpha), t)
+
+
+class VPrediction(Parameterisation):
+    """F = v = alpha eps - sigma x0: c_skip = alpha/(alpha^2+sigma^2), c_out = -sigma/(alpha^2+sigma^2)."""
+
+    name = "v"
+
+    def scalings(self, c, t):
+        n = c.alpha**2 + c.sigma**2
+        return Scalings(c.alpha / n, -c.sigma / n, torch.ones_like(c.alpha), t)
+
+
+class VelocityPrediction(Parameterisation):
+    """F = dx_t/dt = alpha' x0 + sigma' eps: with W = sigma' alpha - sigma alpha',
+    c_skip = sigma'/W, c_out = -sigma/W."""
+
+    name = "velocity"
+
+    def scalings(self, c, t):
+        w = c.d_sigma * c.alpha - c.sigma * c.d_alpha
+        return Scalings(c.d_sigma / w, -c.sigma / w, torch.ones_like(c.alpha), t)
+
+
+@dataclass(frozen=True)
+class EDMPreconditioning(Parameterisation):
+    """Karras et al. (2022), Table 1, in the VE variables x~ = x/alpha and s = sigma~ = sigma/alpha:
     D(x~) = c_skip x~ + c_out F(c_in x~, c_noise)."""
 
     sigma_data: float = 0.5
+    name = "edm"
 
     def c_skip(self, s):
         """sigma_data^2 / (s^2 + sigma_data^2)."""
@@ -161,6 +193,40 @@ class EDMPreconditioning:
         """lambda(sigma) = (s^2 + sigma_data^2) / (s sigma_data)^2 on the x0 error."""
         return (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
 
+    def scalings(self, c, t):
+        s = c.sigma / c.alpha
+        return Scalings(self.c_skip(s) / c.alpha, self.c_out(s), self.c_in(s) / c.alpha, self.c_noise(s))
+
+    def config(self) -> dict:
+        return {"prediction": "x0", "edm_preconditioning": True, "sigma_data": self.sigma_data}
+
+    def __repr__(self) -> str:
+        return f"EDMPreconditioning(sigma_data={self.sigma_data})"
+
+
+PARAMETERISATIONS: dict[str, type[Parameterisation]] = {
+    c.name: c for c in (EpsPrediction, X0Prediction, VPrediction, VelocityPrediction)}
+
+
+def make_parameterisation(prediction: str | Parameterisation, edm_preconditioning: bool = False,
+                     sigma_data: float = 0.5) -> Parameterisation:
+    """The parameterisation of a config: ``prediction`` by name, or EDM's preconditioning (which
+    wraps an x0 prediction)."""
+    if isinstance(prediction, Parameterisation):
+        return prediction
+    if prediction not in PARAMETERISATIONS:
+        raise ValueError(f"unknown prediction '{prediction}'; known: {PREDICTIONS}")
+    if edm_preconditioning:
+        if prediction != "x0":
+            raise ValueError("EDM preconditioning wraps an x0 (D) prediction; use prediction='x0'")
+        return EDMPreconditioning(float(sigma_data))
+    return PARAMETERISATIONS[prediction]()
+
+
+def x0_error_gain(p: Parameterisation, c: Coefficients, t: Tensor) -> Tensor:
+    """|d(F error) / d(x0 error)| at fixed x_t: 1/|c_out|."""
+    return 1.0 / p.scalings(c, t).c_out.abs()
+
 
 # ----------------------------------------------------------------------------- the one contract
 
@@ -176,47 +242,60 @@ class DenoiserFn(Protocol):
 Network = Callable[[State, Tensor, Any], State]
 
 
+class NetworkContractError(TypeError):
+    """The network returned something other than a State with the diffused fields."""
+
+
 class Denoiser(torch.nn.Module):
-    """Wrap a network into the x0-hat contract.
+    """Wrap a network into the x0-hat contract: D = c_skip x_t + c_out F(c_in x_t, c_noise).
 
-    ``network(x_in, time_in, cond) -> State`` of raw predictions for the diffused fields. Without
-    preconditioning the network sees (x_t, t); with ``EDMPreconditioning`` it sees
-    (c_in x~, c_noise(sigma~)) and predicts F, with D = c_skip x~ + c_out F. The output is
-    projected into each field's space.
-    """
+    ``network(x_in, c_noise, cond) -> State`` of raw outputs F for the diffused fields (the fields
+    of its input, each of the input's shape). ``parameterisation``: a name in PREDICTIONS or a
+    :class:`Parameterisation` (e.g. ``EDMPreconditioning(0.5)``). The output is projected into
+    each field's space."""
 
-    def __init__(self, network: Network, process: Process, prediction: str = "eps",
-                 preconditioning: EDMPreconditioning | None = None):
+    def __init__(self, network: Network, process: Process, parameterisation: str | Parameterisation = "v"):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"unknown prediction '{prediction}'; known: {PREDICTIONS}")
-        if preconditioning is not None and prediction != "x0":
-            raise ValueError("EDM preconditioning wraps an x0 (D) prediction; use prediction='x0'")
         self.network = network
         self.process = process
-        self.prediction = prediction
-        self.preconditioning = preconditioning
+        self.parameterisation = make_parameterisation(parameterisation)
 
-    def raw(self, x: State, t: Tensor, cond: Any = None) -> State:
-        """The network's own output for (x_t, t)."""
-        if self.preconditioning is None:
-            return self.network(x, t, cond)
-        p = self.preconditioning
-        s = self.process.sigma_tilde(t.to(torch.float64))
-        scale = (p.c_in(s) / self.process.alpha(t.to(torch.float64))).to(x.dtype)
-        return self.network(x.scale(scale), p.c_noise(s).to(t.dtype), cond)
+    @property
+    def prediction(self) -> str:
+        return self.parameterisation.name
+
+    def scalings(self, t: Tensor) -> Scalings:
+        t64 = t.to(torch.float64)
+        return self.parameterisation.scalings(self.process.coefficients(t64), t64)
+
+    def raw(self, x: State, t: Tensor, cond: Any = None, sc: Scalings | None = None) -> State:
+        """The network's own output F for (x_t, t)."""
+        sc = self.scalings(t) if sc is None else sc
+        out = self.network(x.scale(sc.c_in), sc.c_noise.to(t.dtype), cond)
+        check_network_output(out, x)
+        return x.like({k: out[k] for k in x.fields})
 
     def forward(self, x: State, t: Tensor, cond: Any = None) -> State:
-        out = self.raw(x, t, cond)
-        if self.preconditioning is not None:
-            p = self.preconditioning
-            t64 = t.to(torch.float64)
-            s = self.process.sigma_tilde(t64)
-            a = self.process.alpha(t64)
-            skip = (p.c_skip(s) / a).to(x.dtype)
-            return x.scale(skip).zip(out.scale(p.c_out(s).to(x.dtype)), torch.add).project()
+        """D = c_skip x + c_out F, combined in float64 (eps-prediction near alpha = 0 subtracts two
+        terms of size 1/alpha: in float32 that would cost digits), returned in x's dtype."""
+        sc = self.scalings(t)
+        F = self.raw(x, t, cond, sc)
+        d = x.to(dtype=torch.float64).scale(sc.c_skip) + F.to(dtype=torch.float64).scale(sc.c_out)
+        return d.to(dtype=x.dtype).project()
 
-        def convert(k, v):
-            return to_x0(self.prediction, v, x[k], coefficients(self.process, t, x, k))
 
-        return x.like({k: convert(k, out[k]) for k in x.fields}).project()
+def check_network_output(out: Any, x: State) -> None:
+    """The network contract: a State holding every diffused field, each shaped like the input's
+    (cheap: no device sync). Errors name the domain's ``build_network``."""
+    if not isinstance(out, State):
+        raise NetworkContractError(f"the network (the domain's build_network) returned {type(out).__name__}; it must "
+                                   f"return a State with the fields {sorted(x.fields)} (e.g. x.like({{...}}))")
+    missing = [k for k in x.fields if k not in out.fields]
+    if missing:
+        raise NetworkContractError(f"the network (the domain's build_network) returned no field {missing[0]!r}; it "
+                                   f"must return every diffused field: {sorted(x.fields)}")
+    for k, v in x.fields.items():
+        if tuple(out[k].shape) != tuple(v.shape):
+            raise NetworkContractError(f"the network (the domain's build_network) returned field {k!r} of shape "
+                                       f"{tuple(out[k].shape)} for an input of shape {tuple(v.shape)}")
+

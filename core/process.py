@@ -8,10 +8,14 @@ prior. Discrete-step models are a discretisation of the same functions.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .config import Annotated, Table, one_of, specs_of_signature
 
 
 def check_t(t: Tensor, what: str = "t") -> Tensor:
@@ -25,10 +29,28 @@ def check_t(t: Tensor, what: str = "t") -> Tensor:
     return t
 
 
+@dataclass(frozen=True)
+class Coefficients:
+    """alpha, sigma and their time derivatives at some times (one call: ``process.coefficients(t)``)."""
+
+    alpha: Tensor
+    sigma: Tensor
+    d_alpha: Tensor
+    d_sigma: Tensor
+
+    def map(self, fn) -> "Coefficients":
+        return Coefficients(fn(self.alpha), fn(self.sigma), fn(self.d_alpha), fn(self.d_sigma))
+
+
 class Process:
     """Base class. Subclasses implement alpha, sigma, d_alpha, d_sigma, log_snr, t_of_log_snr."""
 
     name = "process"
+
+    def coefficients(self, t: Tensor) -> Coefficients:
+        """alpha(t), sigma(t), alpha'(t), sigma'(t) in float64."""
+        t = t.to(torch.float64)
+        return Coefficients(self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t))
 
     def alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -330,7 +352,49 @@ class RectifiedFlow(Process):
         return torch.sigmoid(-lam / 2)
 
 
-PROCESSES = {c.name: c for c in (VPCosine, VPLinear, TabulatedVP, PolynomialVP, KarrasVE, RectifiedFlow)}
+class LinearBetaVP(TabulatedVP):
+    """DDPM's discrete linear-beta schedule (Ho et al. 2020): beta_n = linspace(beta_start, beta_end, T),
+    alpha-bar_n = prod_{k<=n} (1 - beta_k) at t = n/T, t = 0 clean data (a tabulated process)."""
+
+    name = "ddpm_linear"
+
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        if int(timesteps) < 2 or not 0 < beta_start < beta_end < 1:
+            raise ValueError(f"ddpm_linear needs timesteps >= 2 and 0 < beta_start < beta_end < 1 "
+                             f"(got {timesteps}, {beta_start}, {beta_end})")
+        a2 = linear_beta_alphas_cumprod(int(timesteps), float(beta_start), float(beta_end))
+        lam = np.concatenate([[math.inf], np.log(a2) - np.log1p(-a2)])
+        super().__init__(lam)
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+
+    def config(self):
+        return {"name": self.name, "timesteps": self.timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end}
+
+
+def linear_beta_alphas_cumprod(timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """alpha-bar_n = prod_{k<=n} (1 - beta_k), beta = linspace(beta_start, beta_end, T), float64."""
+    return np.cumprod(1.0 - np.linspace(beta_start, beta_end, timesteps, dtype=np.float64))
+
+
+PROCESSES = {c.name: c for c in (VPCosine, VPLinear, TabulatedVP, PolynomialVP, LinearBetaVP, KarrasVE, RectifiedFlow)}
+
+
+def process_names() -> list[str]:
+    return sorted(PROCESSES)
+
+
+@dataclass(frozen=True)
+class ProcessConfig(Table):
+    """The ``[process]`` table: ``name`` picks the process; its other keys are that process's
+    constructor parameters (the signature is the schema)."""
+
+    selector: ClassVar[str] = "name"
+    name: Annotated[str, one_of(process_names)] = "vp_cosine"  # the noise path, a name in PROCESSES
+
+    @classmethod
+    def choice_fields(cls, value):
+        proc = PROCESSES.get(value)
+        return None if proc is None else specs_of_signature(proc.__init__, skip=("self",))
 
 
 def process_from_config(cfg: dict | str) -> Process:

@@ -48,9 +48,23 @@ def get_domain(name: str) -> Domain:
         obj = ep.load()
     except Exception as e:  # a broken plugin must not look like an unknown one
         raise InputError(f"domain '{name}' ({ep.value}) failed to load: {type(e).__name__}: {e}") from e
-    domain = obj() if callable(obj) else obj
+    try:
+        domain = obj() if callable(obj) else obj
+    except Exception as e:  # e.g. a Domain subclass that leaves abstract methods unimplemented
+        raise InputError(f"domain '{name}' ({ep.value}) cannot be instantiated: {type(e).__name__}: {e}") from e
     if not isinstance(domain, Domain):
         raise InputError(f"domain '{name}' ({ep.value}) is not a sciffusion Domain")
     if not domain.name:
         domain.name = name
     return domain
+
+
+def provider(domain: Domain) -> dict:
+    """The entry point and the distribution (name, version) that provide ``domain``, for the
+    records of checkpoints and sample folders."""
+    for d in available():
+        if d.name == domain.name:
+            return {"domain": d.name, "entry_point": d.value, "distribution": d.distribution, "version": d.version}
+    module = type(domain).__module__
+    return {"domain": domain.name, "entry_point": f"{module}:{type(domain).__qualname__}", "distribution": "?",
+            "version": "?"}

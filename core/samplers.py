@@ -1,13 +1,16 @@
 """Samplers: small free functions with one signature
 
-    sampler(denoiser, x, grid, cond=None, *, noise=None, constraint=None, callback=None, ...) -> State
+    sampler(denoiser, x, grid, cond=None, *, noise=None, constraint=None, callback=None,
+            final_denoise=True, **options) -> State
 
 ``denoiser`` follows the x0-hat contract (see ``parameterisation.Denoiser``) and carries its
 process; ``x`` is the state at ``grid[0]`` (see :func:`prior`); ``grid`` is a decreasing tensor of
 times ending at the data end. Per-step coefficients are computed once on the host in float64, so
 the loop itself has no host syncs. Randomness comes only from ``noise`` (one stream per example
 seed). ``constraint`` (inpainting, ...) is applied to the state after every step; ``callback``
-receives (step, steps, t_next, x, x0_hat).
+receives (step, steps, t_next, x, x0_hat). A sampler's own keyword options (``eta``, ``resample``,
+``rtol``...) are the keys a ``[sample]`` table may add once the sampler is chosen; a sampler that
+cannot run without a constraint says so with ``needs_constraint = True``.
 
 Notation: a = alpha(t), s = sigma(t), subscript n for the next (less noisy) time,
 eps_hat = (x - a D) / s, lambda = log(a^2/s^2).
@@ -23,11 +26,13 @@ import torch
 from torch import Tensor
 
 from .grids import check_grid
-from .noise import ExampleNoise
+from .noise import ExampleNoise, need_noise
 from .process import Process
 from .state import State
 
 Callback = Callable[[int, int, float, State, State], None]
+#: the arguments every sampler shares (everything else in a signature is an option)
+SAMPLER_ARGS = frozenset({"denoiser", "x", "grid", "cond", "noise", "constraint", "callback", "final_denoise", "info"})
 
 
 @dataclass(frozen=True)
@@ -104,12 +109,6 @@ def _finish(denoiser, x: State, sched: Schedule, cond, final_denoise: bool, cons
     if constraint is not None:
         x = constraint.finish(x)
     return x
-
-
-def _need_noise(noise, name: str) -> ExampleNoise:
-    if noise is None:
-        raise ValueError(f"{name} is stochastic: pass noise=ExampleNoise(seeds)")
-    return noise
 
 
 # ----------------------------------------------------------------------------- deterministic
@@ -197,7 +196,7 @@ def sample_ddim(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=Non
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0:
-        _need_noise(noise, "DDIM with eta > 0")
+        need_noise(noise, "DDIM with eta > 0")
     sched, x = _start(denoiser, x, grid, constraint, noise)
     for i in range(sched.steps):
         D = _eval(denoiser, x, sched.t[i], cond)
@@ -220,20 +219,53 @@ def ddpm_posterior(sched: Schedule, i: int) -> tuple[float, float, float]:
     return (a / a_n) * (s_n / s) ** 2, a_n * (1.0 - e), s_n * math.sqrt(max(0.0, 1.0 - e))
 
 
+def ddpm_step(x: State, D: State, sched: Schedule, i: int, z: State) -> State:
+    """One ancestral step: a draw from q(x_n | x_t, x0 = D) with standard noise ``z``."""
+    cx, cd, std = ddpm_posterior(sched, i)
+    x = x * cx + D * cd
+    return (x + z * std if std > 0 else x).project()
+
+
 def sample_ddpm(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=None, constraint=None,
                 callback: Callback | None = None, final_denoise: bool = True) -> State:
     """DDPM ancestral sampling: draw from the Gaussian posterior q(x_n | x_t, x0 = D) at each step."""
-    noise = _need_noise(noise, "DDPM ancestral sampling")
+    noise = need_noise(noise, "DDPM ancestral sampling")
     sched, x = _start(denoiser, x, grid, constraint, noise)
     for i in range(sched.steps):
         D = _eval(denoiser, x, sched.t[i], cond)
-        cx, cd, std = ddpm_posterior(sched, i)
-        z = noise.normal(x)
-        x = x * cx + D * cd
-        if std > 0:
-            x = x + z * std
-        x = _after_step(x.project(), i, sched, D, constraint, noise, callback)
+        x = ddpm_step(x, D, sched, i, noise.normal(x))
+        x = _after_step(x, i, sched, D, constraint, noise, callback)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
+
+
+def sample_repaint(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=None, constraint=None,
+                   callback: Callback | None = None, final_denoise: bool = True, resample: int = 10) -> State:
+    """RePaint (Lugmayr et al. 2022, Alg. 1, jump length 1): each ancestral step but the last is
+    taken ``resample`` times; between repeats the merged state is diffused back one step,
+    x_t = (a_t/a_n) x_n + sqrt(s_t^2 - (a_t/a_n)^2 s_n^2) z, so the free part harmonises with the
+    known part. The last step is taken once (Alg. 1 resamples only while t > 1): n steps cost
+    (n - 1) resample + 1 evaluations."""
+    noise = need_noise(noise, "RePaint")
+    if constraint is None:
+        raise ValueError("RePaint needs constraint=Inpaint(...)")
+    if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
+        raise ValueError(f"resample must be an integer >= 1, got {resample!r}")
+    sched, x = _start(denoiser, x, grid, constraint, noise)
+    for i in range(sched.steps):
+        a, s, a_n, s_n = sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
+        repeats = resample if i < sched.steps - 1 else 1
+        for u in range(repeats):
+            D = _eval(denoiser, x, sched.t[i], cond)
+            x_n = constraint(ddpm_step(x, D, sched, i, noise.normal(x)), sched.t[i + 1], noise)
+            if u < repeats - 1 and a_n > 0:
+                back = a / a_n
+                jump = max(0.0, s**2 - back**2 * s_n**2) ** 0.5
+                x = (x_n * back + noise.normal(x_n) * jump).project()
+        x = _after_step(x_n, i, sched, D, None, noise, callback)
+    return _finish(denoiser, x, sched, cond, final_denoise, constraint)
+
+
+sample_repaint.needs_constraint = True  # type: ignore[attr-defined]
 
 
 def sample_euler_maruyama(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=None, constraint=None,
@@ -241,7 +273,7 @@ def sample_euler_maruyama(denoiser, x: State, grid: Tensor, cond: Any = None, *,
     """Euler-Maruyama on the reverse SDE (Song et al. 2021, eq. 6) in the process's own time:
     dx = [f x - g^2 score] dt + g dw, f = alpha'/alpha, g^2 = -sigma^2 lambda', score = -eps_hat/s.
     A step that ends at sigma = 0 returns the denoised mean D (no noise is added at t = 0)."""
-    noise = _need_noise(noise, "Euler-Maruyama")
+    noise = need_noise(noise, "Euler-Maruyama")
     sched, x = _start(denoiser, x, grid, constraint, noise)
     if sched.alpha[0] <= 0:
         raise ValueError("Euler-Maruyama needs alpha > 0 at the first time; start the grid below t = 1 for this process")
@@ -276,13 +308,14 @@ def pf_ode_velocity(denoiser, x: State, t: Tensor, cond: Any = None) -> tuple[St
 
 
 def sample_dopri5(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=None, constraint=None,
-                  callback: Callback | None = None, final_denoise: bool = True, rtol: float = 1e-5,
-                  atol: float = 1e-5, sigma_min: float = 2e-3, max_steps: int = 10_000) -> State:
+                  callback: Callback | None = None, final_denoise: bool = True, info: dict | None = None,
+                  rtol: float = 1e-5, atol: float = 1e-5, sigma_min: float = 2e-3, max_steps: int = 10_000) -> State:
     """Adaptive Dormand-Prince 5(4) on the probability-flow ODE in t, from grid[0] to grid[-1].
 
     Step sizes are controlled per example, so a sample does not depend on its batch. The
     integration stops at the noise level sigma~ = sigma_min (the ODE is singular at sigma = 0) and
-    finishes with one denoising step there."""
+    finishes with one denoising step there. ``info``, when given a dict, receives the solver's
+    statistics (nfe, accepted, rejected)."""
     sched, x = _start(denoiser, x, grid, None, noise)
     p = denoiser.process
     t_end = sched.t[-1]
@@ -299,7 +332,8 @@ def sample_dopri5(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=N
         callback(1, 1, t_stop, x, x)
     if final_denoise and t_stop > 0 and float(p.sigma(torch.tensor(t_stop, dtype=torch.float64))) > 0:
         x = _eval(denoiser, x, t_stop, cond)
-    sample_dopri5.last_stats = stats
+    if info is not None:
+        info.update(stats)
     return x
 
 
@@ -388,6 +422,7 @@ SAMPLERS: dict[str, Callable[..., State]] = {
     "heun": sample_heun,
     "euler_maruyama": sample_euler_maruyama,
     "dopri5": sample_dopri5,
+    "repaint": sample_repaint,
 }
 
 

@@ -7,20 +7,52 @@ entries) are honoured by every space: masked entries are zero and carry no degre
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .state import Layout
+
+@dataclass(frozen=True)
+class Layout:
+    """How one field's rows map onto the examples of a batch."""
+
+    batch_size: int
+    index: Tensor | None = None  # (rows,) long, sorted, values in [0, batch_size)
+    mask: Tensor | None = None  # bool, broadcastable to the field, leading dims equal to the field's
+
+    def per_example(self, values: Tensor, rank: int) -> Tensor:
+        """Broadcast per-example scalars ``values`` (B,) to a field of the given rank."""
+        if values.dim() != 1 or values.shape[0] != self.batch_size:
+            raise ValueError(
+                f"per-example values must have shape ({self.batch_size},), got {tuple(values.shape)}"
+            )
+        rows = values[self.index] if self.index is not None else values
+        return rows.reshape(rows.shape[0], *([1] * (rank - 1)))
+
+    def sum_per_example(self, x: Tensor) -> Tensor:
+        """Sum every entry of a field-shaped tensor into its example: returns (B,)."""
+        flat = x.reshape(x.shape[0], -1).sum(dim=1) if x.dim() > 1 else x
+        if self.index is None:
+            return flat
+        out = torch.zeros(self.batch_size, dtype=flat.dtype, device=flat.device)
+        return out.index_add(0, self.index, flat)
+
+    def counts(self, like: Tensor) -> Tensor:
+        """Number of real entries per example for a field shaped like ``like``: returns (B,)."""
+        ones = torch.ones_like(like, dtype=torch.float64)
+        if self.mask is not None:
+            ones = ones * expand_mask(self.mask, like).to(torch.float64)
+        return self.sum_per_example(ones)
 
 
-def _mask_like(layout: "Layout", x: Tensor) -> Tensor | None:
-    if layout.mask is None:
-        return None
-    m = layout.mask
-    return m.reshape(*m.shape, *([1] * (x.dim() - m.dim())))
+def expand_mask(mask: Tensor, x: Tensor) -> Tensor:
+    """A mask with trailing singleton dims so that it broadcasts against field ``x``."""
+    return mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim())))
+
+
+def _mask_like(layout: Layout, x: Tensor) -> Tensor | None:
+    return None if layout.mask is None else expand_mask(layout.mask, x)
 
 
 class Space:
@@ -28,14 +60,14 @@ class Space:
 
     name = "space"
 
-    def project(self, x: Tensor, layout: "Layout") -> Tensor:
+    def project(self, x: Tensor, layout: Layout) -> Tensor:
         raise NotImplementedError
 
-    def noise(self, z: Tensor, layout: "Layout") -> Tensor:
+    def noise(self, z: Tensor, layout: Layout) -> Tensor:
         """Standard Gaussian draws ``z`` (field-shaped) turned into standard noise of this space."""
         return self.project(z, layout)
 
-    def dof(self, x: Tensor, layout: "Layout") -> Tensor:
+    def dof(self, x: Tensor, layout: Layout) -> Tensor:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -53,11 +85,11 @@ class Euclidean(Space):
 
     name = "euclidean"
 
-    def project(self, x: Tensor, layout: "Layout") -> Tensor:
+    def project(self, x: Tensor, layout: Layout) -> Tensor:
         m = _mask_like(layout, x)
         return x if m is None else x * m.to(x.dtype)
 
-    def dof(self, x: Tensor, layout: "Layout") -> Tensor:
+    def dof(self, x: Tensor, layout: Layout) -> Tensor:
         return layout.counts(x)
 
 
@@ -71,7 +103,7 @@ class ZeroMean(Space):
 
     name = "zero_mean"
 
-    def centre(self, x: Tensor, layout: "Layout") -> Tensor:
+    def centre(self, x: Tensor, layout: Layout) -> Tensor:
         """Centre of mass per example, shaped to broadcast against ``x``."""
         m = _mask_like(layout, x)
         w = torch.ones_like(x) if m is None else m.to(x.dtype).expand_as(x)
@@ -88,12 +120,12 @@ class ZeroMean(Space):
         cnt = w.sum(dim=1, keepdim=True).clamp_min(1)
         return sums / cnt
 
-    def project(self, x: Tensor, layout: "Layout") -> Tensor:
+    def project(self, x: Tensor, layout: Layout) -> Tensor:
         out = x - self.centre(x, layout)
         m = _mask_like(layout, x)
         return out if m is None else out * m.to(x.dtype)
 
-    def dof(self, x: Tensor, layout: "Layout") -> Tensor:
+    def dof(self, x: Tensor, layout: Layout) -> Tensor:
         entries = layout.counts(x)  # N_i * d
         if layout.index is not None:
             per_point = float(torch.tensor(x.shape[1:]).prod()) if x.dim() > 1 else 1.0

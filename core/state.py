@@ -16,40 +16,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from .spaces import Euclidean, Space
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How one field's rows map onto the examples of a batch."""
-
-    batch_size: int
-    index: Tensor | None = None  # (rows,) long, sorted, values in [0, batch_size)
-    mask: Tensor | None = None  # bool, broadcastable to the field, leading dims equal to the field's
-
-    def per_example(self, values: Tensor, rank: int) -> Tensor:
-        """Broadcast per-example scalars ``values`` (B,) to a field of the given rank."""
-        if values.dim() != 1 or values.shape[0] != self.batch_size:
-            raise ValueError(
-                f"per-example values must have shape ({self.batch_size},), got {tuple(values.shape)}"
-            )
-        rows = values[self.index] if self.index is not None else values
-        return rows.reshape(rows.shape[0], *([1] * (rank - 1)))
-
-    def sum_per_example(self, x: Tensor) -> Tensor:
-        """Sum every entry of a field-shaped tensor into its example: returns (B,)."""
-        flat = x.reshape(x.shape[0], -1).sum(dim=1) if x.dim() > 1 else x
-        if self.index is None:
-            return flat
-        out = torch.zeros(self.batch_size, dtype=flat.dtype, device=flat.device)
-        return out.index_add(0, self.index, flat)
-
-    def counts(self, like: Tensor) -> Tensor:
-        """Number of real entries per example for a field shaped like ``like``: returns (B,)."""
-        ones = torch.ones_like(like, dtype=torch.float64)
-        if self.mask is not None:
-            ones = ones * expand_mask(self.mask, like).to(torch.float64)
-        return self.sum_per_example(ones)
+from .spaces import Euclidean, Layout, Space, expand_mask
 
 
 @dataclass(frozen=True)
@@ -299,8 +266,3 @@ def _broadcastable(mask: Tensor, x: Tensor) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-def expand_mask(mask: Tensor, x: Tensor) -> Tensor:
-    """A mask with trailing singleton dims so that it broadcasts against field ``x``."""
-    return mask.reshape(*mask.shape, *([1] * (x.dim() - mask.dim())))

@@ -40,41 +40,25 @@ import torch
 
 from ...core.checkpoint import check_domain, load_checkpoint
 from ...core.config import deep_merge
-from ...core.domain import Batch, Domain, denoiser_from_checkpoint
-from ...core.grids import make_grid
+from ...core.domain import Batch, Domain, denoiser_from_checkpoint, resolve_config
 from ...core.io import InputError
 from ...core.noise import ExampleNoise
-from ...core.objectives import DiffusionObjective
-from ...core.process import Process, TabulatedVP
-from ...core.samplers import get_sampler, prior
+from ...core.process import LinearBetaVP
+from ...core.sampling import SampleSpec, sample_batch
 from ...core.state import State
 from .data import AUDIO_EXTENSIONS, crop_or_pad, load_audio_file
 from .domain import AudioDomain
 from .mel import MelConfig, MelConfigMismatch, clip_wave, num_frames, waveform_to_mel
 from .metrics import log_spectral_distance, mel_cepstral_distortion, spectral_convergence
 
-__all__ = ["VocoderDomain", "Vocoder", "load_vocoder", "linear_betas", "alphas_cumprod", "ddpm_linear_process",
-           "trailing_silence_start"]
+__all__ = ["VocoderDomain", "Vocoder", "load_vocoder", "ddpm_linear_process", "trailing_silence_start"]
 
 
 # ----------------------------------------------------------------------------- the process
-def linear_betas(timesteps: int = 50, beta_start: float = 1e-4, beta_end: float = 0.05) -> np.ndarray:
-    """DDPM / DiffWave: beta_n = linspace(beta_1, beta_T, T), float64."""
-    if int(timesteps) < 2 or not 0 < beta_start < beta_end < 1:
-        raise InputError(f"vocoder: need timesteps >= 2 and 0 < beta_start < beta_end < 1 "
-                         f"(got {timesteps}, {beta_start}, {beta_end})")
-    return np.linspace(float(beta_start), float(beta_end), int(timesteps), dtype=np.float64)
-
-
-def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
-    """alpha-bar_n = prod_{i <= n} (1 - beta_i) (Ho et al. 2020, eq. 4)."""
-    return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
-
-
-def ddpm_linear_process(timesteps: int = 50, beta_start: float = 1e-4, beta_end: float = 0.05) -> TabulatedVP:
-    """The discrete linear-beta DDPM schedule as a continuous-time process: t = n / T has
-    alpha(t)^2 = alpha-bar_n, t = 0 is clean data, log-SNR interpolated linearly in between."""
-    return TabulatedVP.from_alphas_cumprod(alphas_cumprod(linear_betas(timesteps, beta_start, beta_end)))
+def ddpm_linear_process(timesteps: int = 50, beta_start: float = 1e-4, beta_end: float = 0.05) -> LinearBetaVP:
+    """DiffWave's discrete linear-beta DDPM schedule (``process.name = "ddpm_linear"``) as a
+    continuous-time process: t = n / T has alpha(t)^2 = alpha-bar_n, t = 0 is clean data."""
+    return LinearBetaVP(timesteps, beta_start, beta_end)
 
 
 def trailing_silence_start(wave: torch.Tensor) -> int:
@@ -181,19 +165,6 @@ class VocoderDomain(Domain):
 
         mel = self.mel_config(data_config)
         return build_diffwave(model_cfg, mel.n_mels, mel.hop_length)
-
-    def build_process(self, cfg: dict) -> Process:
-        p = dict(cfg["process"])
-        if p.get("name") == "ddpm_linear":
-            return ddpm_linear_process(int(p.get("timesteps", 50)), float(p.get("beta_start", 1e-4)),
-                                       float(p.get("beta_end", 0.05)))
-        return super().build_process(cfg)
-
-    def build_objective(self, cfg: dict) -> DiffusionObjective:
-        obj = super().build_objective(cfg)
-        if cfg["process"].get("name") == "ddpm_linear" and "timesteps" not in cfg["objective"]:
-            obj.timesteps = int(cfg["process"].get("timesteps", 50))  # "discrete" time sampler: the DDPM steps
-        return obj
 
     # ------------------------------------------------------------------ generation
     def _clips(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> tuple[list, list]:
@@ -343,15 +314,14 @@ class Vocoder:
         check_domain(ckpt, "vocoder")
         self.domain = VocoderDomain()
         self.ckpt = ckpt
-        self.config = deep_merge(self.domain.default_config(), ckpt.config)
+        self.config = resolve_config(self.domain, base=ckpt.config, base_name=str(ckpt.path / "checkpoint.json"))
         self.mel_config = self.domain.mel_config(ckpt.data_config)
         self.device = torch.device(device)
         self.denoiser = denoiser_from_checkpoint(self.domain, ckpt, self.config,
-                                                 prefer_ema=bool(self.config["sample"].get("use_ema", True)),
-                                                 device=self.device)
-        s = self.config["sample"]
-        self.sampler = get_sampler(s["sampler"])
-        self.grid = make_grid(s["grid"], self.denoiser.process, int(s["steps"]))
+                                                 prefer_ema=bool(self.config["sample"]["use_ema"]), device=self.device)
+        self.spec = SampleSpec.from_config(self.config["sample"], self.denoiser.process)
+        if self.spec.dtype is not None:
+            self.denoiser = self.denoiser.to(self.spec.dtype)
 
     def check_mel(self, other: MelConfig | dict, where: str) -> None:
         self.mel_config.check_compatible(other, where)
@@ -369,9 +339,8 @@ class Vocoder:
         noise = ExampleNoise([int(s) for s in seeds])
         noise.seeds = noise.seeds.to(self.device)
         like = State.dense(wave=torch.zeros(mel.shape[0], 1, int(length), device=self.device))
-        x = prior(self.denoiser.process, like, noise, t=float(self.grid[0]))
-        out = self.sampler(self.denoiser, x, self.grid, {"mel": mel}, noise=noise)
-        return out["wave"][:, 0].clamp(-1.0, 1.0)
+        out = sample_batch(self.denoiser, like, {"mel": mel}, noise, self.spec)
+        return out.x0["wave"][:, 0].float().clamp(-1.0, 1.0)
 
 
 @functools.lru_cache(maxsize=4)

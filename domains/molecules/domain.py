@@ -13,16 +13,69 @@ cond: None, or {"properties": (B, P) values normalised by the training mean and 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
 from ...core import State, ZeroMean
+from ...core.config import Annotated, Check, Table, one_of, specs_of_defaults
 from ...core.domain import Batch, Domain
 from ...core.io import InputError
+from ...core.sampling import SampleConfig
 from .types import ATOMIC_NUMBER, Molecule, symbol
+
+NETWORKS = ("egnn", "e3nn")
+
+
+def _network_defaults(name: str) -> dict | None:
+    if name == "egnn":
+        from .egnn import EGNN_DEFAULTS
+
+        return EGNN_DEFAULTS
+    if name == "e3nn":
+        from .e3nn_net import E3NN_DEFAULTS
+
+        return E3NN_DEFAULTS
+    return None
+
+
+@dataclass(frozen=True)
+class MoleculesModel(Table):
+    """``[model]``: ``network`` picks the network; its options (``EGNN_DEFAULTS``, ``E3NN_DEFAULTS``,
+    one comment each there) are the table's other keys."""
+
+    selector: ClassVar[str] = "network"
+    network: Annotated[str, one_of(NETWORKS)] = "egnn"  # egnn (EDM's) or e3nn (tensor products, lmax >= 1)
+
+    @classmethod
+    def choice_fields(cls, value):
+        defaults = _network_defaults(value)
+        return None if defaults is None else specs_of_defaults(defaults)
+
+
+@dataclass(frozen=True)
+class MoleculesData(Table):
+    """``[data]``: QM9 from qm9pack, or the user's molecules."""
+
+    source: Annotated[str, one_of(("qm9",))] = "qm9"  # built-in data when no path is given
+    path: str = ""  # an SDF, XYZ, SMILES file or a folder of them (instead of QM9)
+    elements: list[str] = field(default_factory=list)  # the element set (default: the training data's)
+    max_atoms: Annotated[int, Check(lo=0)] = 0  # drop molecules with more atoms (0: keep all)
+    skip_bad: bool = False  # skip unreadable records (counted) instead of failing
+    properties: list[str] = field(default_factory=list)  # properties to condition on (QM9's or SD tags)
+    valid_every: Annotated[int, Check(lo=0)] = 10  # user data: every n-th molecule is validation (0/1: none)
+    cache_dir: str = ""  # where the QM9 conversion is cached (default: the user cache)
+    seed: Annotated[int, Check(lo=0)] = 0  # user data: the order of SMILES conformer generation
+
+
+@dataclass(frozen=True)
+class MoleculesSample(SampleConfig):
+    """``[sample]`` plus the molecules' own key."""
+
+    properties: dict = field(default_factory=dict)  # conditional models: {property: value} to generate for
 
 def property_names(data_cfg: dict) -> list[str]:
     """``data.properties`` as a list of distinct names (a single name may be given as a string)."""
@@ -49,8 +102,7 @@ def conditioning_order(data_config: dict) -> list[str]:
 def requested_properties(cfg: dict, data_config: dict) -> dict[str, float] | None:
     """The property values to generate for (``sample.properties``), checked against the model:
     None for an unconditional model; InputError when a conditioned model gets none or only some,
-    an unconditional one gets any, a name is unknown or a value is not a finite number, or
-    classifier-free guidance is asked of a model trained without condition dropout."""
+    an unconditional one gets any, a name is unknown or a value is not a finite number."""
     props = data_config.get("properties") or {}
     s = cfg.get("sample") or {}
     wanted = s.get("properties") or {}
@@ -76,12 +128,6 @@ def requested_properties(cfg: dict, data_config: dict) -> dict[str, float] | Non
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
             raise InputError(f"sample.properties.{k} must be a finite number, got {v!r}")
         values[k] = float(v)
-    guidance = s.get("guidance") or 0.0
-    dropout = float((cfg.get("objective") or {}).get("condition_dropout") or 0.0)
-    if isinstance(guidance, (int, float)) and guidance > 0 and dropout <= 0:
-        raise InputError(f"sample.guidance={guidance} (classifier-free guidance) needs a model trained with "
-                         "objective.condition_dropout > 0 (this one never learnt the unconditional model); "
-                         "use guidance 0")
     return values
 
 
@@ -95,18 +141,16 @@ class MoleculesDomain(Domain):
     description = "3D molecules with explicit hydrogens (EDM-style E(3)-equivariant diffusion; QM9, SDF, XYZ, SMILES)"
     file_suffix = ".sdf"
 
+    def tables(self) -> dict:
+        return {"model": MoleculesModel, "data": MoleculesData, "sample": MoleculesSample}
+
     def defaults(self) -> dict:
         return {
-            "data": {"source": "qm9", "path": "", "elements": [], "max_atoms": 0, "skip_bad": False,
-                     "properties": [], "valid_every": 10, "cache_dir": "", "seed": 0},
-            "model": {"network": "egnn"},
             "process": {"name": "polynomial", "timesteps": 1000, "power": 2.0, "precision": 1e-5},
-            "objective": {"prediction": "eps", "weighting": "uniform", "time_sampler": "discrete", "timesteps": 1000,
-                          "condition_dropout": 0.0},
+            "objective": {"prediction": "eps", "weighting": "uniform", "time_sampler": "discrete", "timesteps": 1000},
             "train": {"batch_size": 64, "lr": 1e-4, "ema_decay": 0.9999, "adaptive_clip": True, "steps": 100000, "bf16": False,
                       "ckpt_every": 1000, "log_every": 100},
-            "sample": {"sampler": "ddpm", "steps": 50, "grid": "discrete", "batch_size": 100, "shard_size": 100,
-                       "properties": {}},
+            "sample": {"sampler": "ddpm", "steps": 50, "grid": "discrete", "batch_size": 100, "shard_size": 100},
         }
 
     # ------------------------------------------------------------------ data

@@ -47,7 +47,7 @@ E3NN_DEFAULTS: dict = {
     "activation": "silu",
     "edges": "full",
     "cutoff": 5.0,
-    "max_neighbours": None,
+    "max_neighbours": 0,  # radius mode only: keep the nearest k per atom (0: all)
     "time_embedding": 0,
     "condition_time": True,
 }

@@ -50,7 +50,7 @@ EGNN_DEFAULTS: dict = {
     "activation": "silu",
     "edges": "full",  # "full" or "radius"
     "cutoff": 5.0,  # radius mode only (same length unit as positions)
-    "max_neighbours": None,  # radius mode only: keep the nearest k per atom
+    "max_neighbours": 0,  # radius mode only: keep the nearest k per atom (0: all)
     "smooth_cutoff": False,  # radius mode only: weight messages by 0.5 (cos(pi d0 / cutoff) + 1)
     "distance_embedding": 0,  # 0: raw squared distances; n > 0: n sinusoidal frequencies
     "time_embedding": 0,  # 0: t concatenated as one feature (EDM); n > 0: n sinusoidal features
@@ -184,7 +184,7 @@ def build_edges(pos: Tensor, index: Tensor, batch_size: int, mode: str, cutoff: 
     if mode == "full":
         return fully_connected_edges(index, batch_size)
     if mode == "radius":
-        return radius_edges(pos, index, cutoff, max_neighbours=max_neighbours, batch_size=batch_size)
+        return radius_edges(pos, index, cutoff, max_neighbours=max_neighbours or None, batch_size=batch_size)
     raise ValueError(f"unknown edges mode '{mode}'; known: 'full', 'radius'")
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from sciffusion.core import grids
-from sciffusion.core.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpaint, sample_repaint, sdedit_start
+from sciffusion.core.guidance import ClassifierFreeGuidance, ClassifierGuidance, Inpaint, sdedit_start
+from sciffusion.core.samplers import sample_repaint
 from sciffusion.core.noise import ExampleNoise
 from sciffusion.core.process import KarrasVE, VPCosine, VPLinear
 from sciffusion.core.samplers import prior, sample_ddpm, sample_dpmpp_2m, sample_heun

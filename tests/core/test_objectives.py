@@ -4,7 +4,8 @@ import torch
 from sciffusion.core import grids
 from sciffusion.core.noise import ExampleNoise
 from sciffusion.core.objectives import DiffusionObjective, drop_condition, sample_time
-from sciffusion.core.parameterisation import Denoiser, EDMPreconditioning, coefficients, eps_from_x0, target
+from sciffusion.core.parameterisation import (Denoiser, EDMPreconditioning, eps_from_x0, field_coefficients, v_from,
+                                              velocity_from)
 from sciffusion.core.process import KarrasVE, RectifiedFlow, VPCosine
 from sciffusion.core.samplers import prior, sample_heun
 from sciffusion.core.state import State
@@ -16,12 +17,14 @@ def _fixed_error_networks(proc, x0, delta):
 
     def make(prediction):
         def net(x_t, t, cond):
-            c = coefficients(proc, t, x_t, "x")
+            c = field_coefficients(proc, t, x_t, "x")
             d = x0["x"] + delta
             e = eps_from_x0(x_t["x"], d, c.alpha, c.sigma)
-            return x_t.like({"x": target(prediction, d, e, c)})
+            out = {"eps": e, "x0": d, "v": v_from(d, e, c.alpha, c.sigma),
+                   "velocity": velocity_from(d, e, c.d_alpha, c.d_sigma)}[prediction]
+            return x_t.like({"x": out})
 
-        return Denoiser(net, proc, prediction=prediction)
+        return Denoiser(net, proc, prediction)
 
     return {p: make(p) for p in ("eps", "x0", "v", "velocity")}
 
@@ -38,15 +41,15 @@ def test_weightings_are_the_same_loss_whatever_the_prediction(proc):
     x0_mse = delta.pow(2).mean((1, 2))
     snr = torch.exp(proc.log_snr(t))
     for weighting, w in (("snr", snr), ("min_snr", snr.clamp(max=5.0)),
-                         ("edm", EDMPreconditioning(0.5).loss_weight(proc.sigma_tilde(t)))):
+                         ("edm", (proc.sigma_tilde(t) ** 2 + 0.25) / (proc.sigma_tilde(t) * 0.5) ** 2)):
         for pred, net in nets.items():
-            obj = DiffusionObjective(proc, prediction=pred, weighting=weighting)
+            obj = DiffusionObjective(weighting=weighting)
             got = obj.per_example(net, x0, t, eps)
             assert torch.allclose(got, w * x0_mse, rtol=1e-8), (weighting, pred)
     # uniform eps loss is SNR-weighted x0 loss (Ho et al.); uniform x0 loss is the x0 MSE
-    uni = DiffusionObjective(proc, prediction="eps", weighting="uniform").per_example(nets["eps"], x0, t, eps)
+    uni = DiffusionObjective(weighting="uniform").per_example(nets["eps"], x0, t, eps)
     assert torch.allclose(uni, snr * x0_mse, rtol=1e-8)
-    uni = DiffusionObjective(proc, prediction="x0", weighting="uniform").per_example(nets["x0"], x0, t, eps)
+    uni = DiffusionObjective(weighting="uniform").per_example(nets["x0"], x0, t, eps)
     assert torch.allclose(uni, x0_mse, rtol=1e-8)
 
 
@@ -62,7 +65,7 @@ def test_masked_and_padded_entries_do_not_count():
     delta = torch.randn(B, N, 3, generator=g, dtype=torch.float64)
     garbage = delta.clone()
     garbage[~mask] = 1e6  # the network may output anything on padding
-    obj = DiffusionObjective(proc, prediction="x0")
+    obj = DiffusionObjective()
     a = obj.per_example(_fixed_error_networks(proc, x0, delta)["x0"], x0, t, eps)
     b = obj.per_example(_fixed_error_networks(proc, x0, garbage)["x0"], x0, t, eps)
     assert torch.allclose(a, b)
@@ -84,7 +87,7 @@ def test_condition_dropout():
         drop_condition(cond, 1.5, {"label": 7, "prop": 0})
 
 
-@pytest.mark.parametrize("kind", ["uniform", "discrete", "lognormal", "logit_normal"])
+@pytest.mark.parametrize("kind", ["uniform", "discrete", "lognormal", "logit_normal", "beta"])
 def test_time_samplers(kind):
     proc = KarrasVE()
     t = sample_time(kind, 20000, proc, generator=torch.Generator().manual_seed(3))
@@ -93,17 +96,58 @@ def test_time_samplers(kind):
         assert float(torch.log(proc.sigma_tilde(t)).median()) == pytest.approx(-1.2, abs=0.05)
     if kind == "discrete":
         assert torch.allclose(t * 1000, torch.round(t * 1000))
+    if kind == "logit_normal":  # SD3's logit-normal(0, 1): logit(t) has mean 0 and std 1
+        logit = torch.log(t) - torch.log1p(-t)
+        assert float(logit.mean()) == pytest.approx(0.0, abs=0.03) and float(logit.std()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_lognormal_times_reach_the_end_of_the_sampling_grid():
+    """EDM's lognormal on KarrasVE(80): the draws below sigma = 0.002 (the karras grid's end) are
+    clamped there, not at t_min = 1e-3 (sigma 0.08), so training covers every noise level the
+    sampler visits and almost nothing piles up at the clamp."""
+    proc = KarrasVE()
+    t = sample_time("lognormal", 200000, proc, generator=torch.Generator().manual_seed(5))
+    s = proc.sigma_tilde(t)
+    assert float((s < 0.08).double().mean()) == pytest.approx(0.1349, abs=0.004)  # P(z < (ln 0.08 + 1.2)/1.2)
+    assert float(s.min()) == pytest.approx(0.002, rel=1e-9)
+    assert float((s <= 0.002 * (1 + 1e-9)).double().mean()) < 1e-3
+
+
+@pytest.mark.parametrize("params", [(2.0, 5.0), (0.5, 0.5)])
+def test_beta_times_have_the_beta_moments(params):
+    a, b = params
+    t = sample_time("beta", 100000, VPCosine(), generator=torch.Generator().manual_seed(6), params=params, t_min=0.0)
+    mean, var = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
+    assert float(t.mean()) == pytest.approx(mean, abs=0.004)
+    assert float(t.var()) == pytest.approx(var, rel=0.03)
+
+
+def test_logit_normal_location_and_scale_come_from_the_config():
+    t = sample_time("logit_normal", 50000, VPCosine(), generator=torch.Generator().manual_seed(7), params=(0.5, 0.6))
+    logit = torch.log(t) - torch.log1p(-t)
+    assert float(logit.mean()) == pytest.approx(0.5, abs=0.02) and float(logit.std()) == pytest.approx(0.6, abs=0.02)
+
+
+def test_edm_recipe_comes_whole():
+    """EDM preconditioning with weighting and time_sampler left at "auto" gives EDM's loss weight
+    and lognormal times; either can still be set by hand."""
+    edm = DiffusionObjective.from_config({"prediction": "x0", "edm_preconditioning": True})
+    assert (edm.weighting, edm.time_sampler) == ("edm", "lognormal")
+    plain = DiffusionObjective.from_config({"prediction": "v"})
+    assert (plain.weighting, plain.time_sampler) == ("uniform", "uniform")
+    hand = DiffusionObjective.from_config({"prediction": "x0", "edm_preconditioning": True, "time_sampler": "uniform"})
+    assert (hand.weighting, hand.time_sampler) == ("edm", "uniform")
 
 
 def test_objective_errors():
     with pytest.raises(ValueError, match="unknown weighting"):
-        DiffusionObjective(VPCosine(), weighting="p2")
+        DiffusionObjective(weighting="p2")
     with pytest.raises(ValueError, match="unknown time sampler"):
-        DiffusionObjective(VPCosine(), time_sampler="beta")
+        DiffusionObjective(time_sampler="gamma")
     x0 = State({"x": torch.zeros(2, 2)}, 2)
     den = Denoiser(lambda x, t, c: x, VPCosine())
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        DiffusionObjective(VPCosine())(den, x0, t=torch.tensor([0.5, 2.0]))
+        DiffusionObjective()(den, x0, t=torch.tensor([0.5, 2.0]))
 
 
 class MLP(torch.nn.Module):
@@ -122,8 +166,8 @@ def test_a_small_network_learns_the_ring():
     torch.manual_seed(0)
     ring = GaussianMixture.ring()
     proc = VPCosine()
-    den = Denoiser(MLP(), proc, prediction="v")
-    obj = DiffusionObjective(proc, prediction="v", weighting="uniform")
+    den = Denoiser(MLP(), proc, "v")
+    obj = DiffusionObjective(weighting="uniform")
     opt = torch.optim.AdamW(den.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
     losses = []

@@ -22,8 +22,7 @@ from sciffusion.core.state import State
 from sciffusion.core.train import train
 from sciffusion.domains.audio.data import fsdd_root
 from sciffusion.domains.audio.mel import MelConfig, MelConfigMismatch, num_frames, waveform_to_mel
-from sciffusion.domains.audio.vocoder import (alphas_cumprod, ddpm_linear_process, linear_betas, load_vocoder,
-                                              trailing_silence_start)
+from sciffusion.domains.audio.vocoder import ddpm_linear_process, load_vocoder, trailing_silence_start
 from sciffusion.domains.audio.wavenet import DiffWave, MelUpsampler, build_diffwave, step_embedding, upsample_strides
 
 SCIFFUSION = str(Path(sys.executable).parent / "sciffusion")
@@ -142,15 +141,18 @@ def test_network_shapes_dilations_and_conditioning():
 
 
 def test_ddpm_linear_process_matches_the_discrete_schedule():
-    betas = linear_betas(50, 1e-4, 0.05)
-    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.05)
-    a2 = alphas_cumprod(betas)
+    """DDPM (Ho et al. 2020, eq. 4): beta_n evenly spaced from beta_1 to beta_T, alpha-bar_n =
+    prod_{i<=n} (1 - beta_i), written out here; t = n/T of the process has alpha^2 = alpha-bar_n."""
+    a2, prod = [], 1.0
+    for n in range(50):
+        prod *= 1.0 - (1e-4 + (0.05 - 1e-4) * n / 49)
+        a2.append(prod)
     proc = ddpm_linear_process(50, 1e-4, 0.05)
     t = torch.arange(0, 51, dtype=torch.float64) / 50
-    assert torch.allclose(proc.alpha(t)[1:] ** 2, torch.from_numpy(a2), rtol=1e-9)
+    assert torch.allclose(proc.alpha(t)[1:] ** 2, torch.tensor(a2, dtype=torch.float64), rtol=1e-9)
     assert float(proc.alpha(t[:1])) == 1.0 and float(proc.sigma(t[:1])) == 0.0
-    with pytest.raises(InputError):
-        linear_betas(50, 0.05, 1e-4)
+    with pytest.raises(ValueError, match="beta_start < beta_end"):
+        ddpm_linear_process(50, 0.05, 1e-4)
 
 
 # ----------------------------------------------------------------------------- data

@@ -177,7 +177,7 @@ class PointsDomain(Domain):
             "data": {"path": "", "valid_every": 10},
             "model": {"hidden": 64, "layers": 3},
             "process": {"name": "vp_cosine"},
-            "objective": {"prediction": "eps", "condition_dropout": 0.1},
+            "objective": {"prediction": "v", "condition_dropout": 0.1},
             "train": {"batch_size": 64, "lr": 1e-3, "steps": 400, "ema_decay": 0.99, "ckpt_every": 100},
             "sample": {"sampler": "dpmpp_2m", "steps": 20, "batch_size": 64, "label": -1},
         }

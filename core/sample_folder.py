@@ -1,0 +1,210 @@
+"""The output folder of batch generation: its manifest parts, the run record, and the checks that
+make a rerun resume (or refuse) safely.
+
+    out/
+      00000000.csv ...             one file per seed, written atomically by the domain
+      .parts/shard-000000.jsonl    one manifest line per sample of the shard, written atomically
+                                   after all of the shard's files: a shard is complete iff its part exists
+      manifest.jsonl               all parts concatenated in seed-list order (written at the end,
+                                   removed when a run with work to do starts)
+      run.json                     config, checkpoint, hashes, counts (written at the start with
+                                   status "running" and again at the end with status "complete")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import flatten
+from .io import InputError, atomic_path, atomic_write_json, remove_stale_temporaries
+
+FORMAT = "sciffusion-samples/1"
+PARTS = ".parts"
+MANIFEST = "manifest.jsonl"
+RUN = "run.json"
+ENGINE_FILES = (MANIFEST, RUN)  # what the engine writes into a samples folder beside the domain's files
+_PART = re.compile(r"^shard-(\d+)\.jsonl$")
+# keys of sample.* that never change a sample (left out of the config hash)
+NOT_HASHED = ("batch_size", "shard_size")
+
+
+def part_name(k: int) -> str:
+    return f"shard-{k:06d}.jsonl"
+
+
+def config_diff(old: Any, new: dict) -> str:
+    if not isinstance(old, dict):
+        return ""
+    a, b = flatten({k: v for k, v in old.items()}), flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")
+                  and k.split(".")[-1] not in NOT_HASHED)
+    if not keys:
+        return ""
+    shown = "; ".join(f"{k}: {a.get(k, '<unset>')!r} there, {b.get(k, '<unset>')!r} now" for k in keys[:5])
+    return f" ({shown}{'; ...' if len(keys) > 5 else ''})"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _read_lines(path: Path) -> list[dict] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(row, dict):
+            return None
+        rows.append(row)
+    return rows
+
+
+def _is_temporary(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp")
+
+
+def _row_files(row: dict) -> list:
+    """The files of one manifest row: the sample and its companions (e.g. a picture)."""
+    extra = row.get("companions")
+    return [row.get("file")] + (list(extra) if isinstance(extra, list) else [])
+
+
+def _listed_files(out: Path) -> Iterator[Path]:
+    """Files named by this folder's manifest and parts."""
+    sources = [out / MANIFEST] + sorted((out / PARTS).glob("shard-*.jsonl"))
+    for src in sources:
+        for row in _read_lines(src) or []:
+            for f in _row_files(row):
+                if isinstance(f, str) and f and not os.path.isabs(f) and ".." not in Path(f).parts:
+                    yield out / f
+
+
+def _clear(out: Path) -> None:
+    """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json.
+    Files nobody listed are left alone."""
+    dirs = set()
+    for f in set(_listed_files(out)):
+        dirs.add(f.parent)
+        f.unlink(missing_ok=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / RUN).unlink(missing_ok=True)
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # sub-folders a domain made, if now empty
+        if d != out:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def _remove_temporaries(out: Path, recursive: bool) -> None:
+    remove_stale_temporaries(out)
+    remove_stale_temporaries(out / PARTS)
+    if recursive:
+        for root, dirnames, _ in os.walk(out):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            if Path(root) != out:
+                remove_stale_temporaries(root)
+
+
+def _refuse(out: Path, what: str) -> InputError:
+    return InputError(f"{out}: {what}; resume only with the same model and sampling config, "
+                      "or pick a new folder, or pass overwrite=True (--overwrite) to clear it first")
+
+
+def prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg: dict, overwrite: bool,
+             header: dict) -> list[int]:
+    """Rank 0: check and clean the folder, write run.json (status running); the complete shards."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    run = _read_json(out / RUN) if (out / RUN).exists() else None
+    ours = (isinstance(run, dict) and run.get("format") == FORMAT) or (out / PARTS).is_dir() or (out / MANIFEST).is_file()
+    if (out / RUN).exists() and not (isinstance(run, dict) and run.get("format") == FORMAT):
+        ours = False
+    if not ours and not overwrite:
+        others = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if others:
+            raise InputError(f"{out}: the folder is not empty and holds no sciffusion samples "
+                             f"(found {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                             "pick a new or empty folder, or pass overwrite=True (--overwrite) to write into it")
+    if overwrite:
+        _clear(out)
+    _remove_temporaries(out, recursive=ours or not any(not _is_temporary(p) for p in out.iterdir()))
+
+    complete: list[int] = []
+    if not overwrite:
+        if isinstance(run, dict):
+            if run.get("checkpoint_hash") != ckhash:
+                raise _refuse(out, f"holds samples of another checkpoint (hash {str(run.get('checkpoint_hash'))[:12]}, "
+                                   f"this one {ckhash[:12]})")
+            if run.get("config_hash") != chash:
+                raise _refuse(out, "holds samples made with another config" + config_diff(run.get("config"), cfg))
+        manifest = out / MANIFEST
+        if manifest.is_file():
+            rows = _read_lines(manifest) or []
+            if rows and (rows[0].get("checkpoint_hash") != ckhash or rows[0].get("config_hash") != chash):
+                raise _refuse(out, f"its {MANIFEST} lists samples of another checkpoint or config")
+        parts = out / PARTS
+        if parts.is_dir():
+            for p in sorted(parts.iterdir()):
+                m = _PART.match(p.name)
+                if not m:
+                    continue
+                k = int(m.group(1))
+                rows = _read_lines(p)
+                if rows is None:  # cannot happen with atomic writes; be safe and redo the shard
+                    p.unlink(missing_ok=True)
+                    continue
+                for row in rows:
+                    if row.get("checkpoint_hash") != ckhash or row.get("config_hash") != chash:
+                        raise _refuse(out, f"{PARTS}/{p.name} lists samples of another checkpoint or config")
+                if k >= len(shards) or [row.get("seed") for row in rows] != shards[k]:
+                    raise _refuse(out, f"{PARTS}/{p.name} holds other seeds than this run's shard {k} "
+                                       "(the folder was made for another seed list or shard size)")
+                files = [f for row in rows for f in _row_files(row)]
+                if all(isinstance(f, str) and (out / f).is_file() for f in files):
+                    complete.append(k)
+                else:  # a listed file went missing: generate the shard again
+                    p.unlink(missing_ok=True)
+    (out / PARTS).mkdir(exist_ok=True)
+    if len(complete) < len(shards):  # a manifest.jsonl always means: the run it describes is complete
+        (out / MANIFEST).unlink(missing_ok=True)
+    atomic_write_json(out / RUN, dict(header, status="running"))
+    return complete
+
+
+def write_manifest(out: Path, shards: list[list[int]]) -> int:
+    """Concatenate the parts in seed-list order into manifest.jsonl (atomically); the line count."""
+    count = 0
+    with atomic_path(out / MANIFEST) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for k, seeds in enumerate(shards):
+                part = out / PARTS / part_name(k)
+                try:
+                    text = part.read_text(encoding="utf-8")
+                except FileNotFoundError:
+                    raise RuntimeError(f"{part}: shard {k} has no manifest part after generation") from None
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                if len(lines) != len(seeds):
+                    raise RuntimeError(f"{part}: {len(lines)} lines for {len(seeds)} seeds")
+                for ln in lines:
+                    f.write(ln + "\n")
+                count += len(lines)
+    return count
