@@ -3,6 +3,7 @@
     sciffusion.domains()                      installed domains
     sciffusion.train(domain, config, out)     train a model (sciffusion.core.train)
     sciffusion.sample(model, out, n=...)      resumable batch generation (sciffusion.core.generate)
+    sciffusion.sample_config(model, ...)      the config a sample run would use
     sciffusion.evaluate(domain, paths)        score files written by sciffusion or any other tool
     sciffusion.info(checkpoint)               what a checkpoint holds
     sciffusion.export(checkpoint, out)        weights-only copy (EMA) to ship or share
@@ -53,11 +54,42 @@ def train(domain: str | Domain, config: dict | str | Path | None = None, out: st
     return _train(dom, cfg, out, device=device, resume=resume, progress=progress)
 
 
-def sample(model: str | Path, out: str | Path, **kwargs):
-    """Generate samples into ``out``; see ``sciffusion.core.generate.sample``."""
-    from .core.generate import sample as _sample
+def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
+           batch_size: int | None = None, sampler: str | None = None, steps: int | None = None,
+           grid: str | None = None, guidance: float | None = None, overrides: Sequence[str] = (),
+           device: str | None = None, progress: bool | None = None, overwrite: bool = False):
+    """Generate one file per seed into ``out`` (resumable); see ``sciffusion.core.generate.sample``.
+    ``model``: a checkpoint, a run folder or a domain name (its shipped model); ``n`` (seeds
+    0..n-1) or ``seeds`` ("0-9999", "5,7,9", a list); the keyword options and ``overrides``
+    (``sample.KEY=VALUE``) set the ``[sample]`` table."""
+    from .core import generate
 
-    return _sample(model, out, **kwargs)
+    return generate.sample(model, out, n=n, seeds=seeds, batch_size=batch_size, sampler=sampler, steps=steps,
+                           grid=grid, guidance=guidance, overrides=overrides, device=device, progress=progress,
+                           overwrite=overwrite)
+
+
+def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: str | None = None,
+                  steps: int | None = None, grid: str | None = None, guidance: float | None = None,
+                  overrides: Sequence[str] = ()) -> dict:
+    """The resolved config ``sample`` would use with these options (what ``--dry-run`` prints)."""
+    from .core import generate
+
+    return generate.sample_config(model, batch_size=batch_size, sampler=sampler, steps=steps, grid=grid,
+                                  guidance=guidance, overrides=overrides)
+
+
+def _domain_files(folder: Path, suffix: str) -> list[Path]:
+    """The files of ``folder`` (recursively) a domain's reader should see: those with ``suffix``,
+    never the engine's own (manifest, run record, hidden folders such as .parts, temporaries)."""
+    from .core.sample_folder import ENGINE_FILES
+
+    out = []
+    for f in folder.rglob(f"*{suffix}"):
+        rel = f.relative_to(folder).parts
+        if f.is_file() and not any(part.startswith(".") for part in rel) and not (len(rel) == 1 and f.name in ENGINE_FILES):
+            out.append(f)
+    return sorted(out)
 
 
 def collect_files(paths: Sequence[str | Path], suffix: str) -> list[Path]:
@@ -65,9 +97,9 @@ def collect_files(paths: Sequence[str | Path], suffix: str) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob(f"*{suffix}") if f.is_file() and not f.name.startswith("."))
+            found = _domain_files(p, suffix)
             if not found:
-                raise InputError(f"{p}: no {suffix} files in this folder")
+                raise InputError(f"{p}: no {suffix or 'sample'} files in this folder")
             files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -120,6 +152,7 @@ def info(checkpoint: str | Path) -> dict[str, Any]:
     return {
         "path": str(ckpt.path),
         "domain": ckpt.domain,
+        "plugin": ckpt.meta.get("plugin"),
         "step": ckpt.step,
         "hash": ckpt.hash,
         "sciffusion_version": ckpt.meta.get("sciffusion_version"),
@@ -150,6 +183,10 @@ def export(checkpoint: str | Path, out: str | Path, *, overrides: Sequence[str] 
         raise InputError(f"{out}: already exists (pass replace=True / --replace to swap it for the new export)")
     ckpt = load_checkpoint(checkpoint)
     sample = apply_overrides({}, overrides).get("sample", {})
+    if sample:  # checked against the domain's [sample] table (unknown keys, types, the sampler's options)
+        resolved = resolve_config(get_domain(ckpt.domain), overrides=overrides, base=ckpt.config,
+                                  base_name=str(ckpt.path / "checkpoint.json"))
+        sample = resolved["sample"]
     path = export_model(ckpt, out, prefer_ema, sample=sample, replace=replace)
     made = load_checkpoint(path, verify=False)  # just written and hashed by export_model
     return {"path": str(path), "step": made.step, "hash": made.hash, "source": str(ckpt.path),

@@ -25,6 +25,20 @@ app = typer.Typer(
 _state = {"verbose": False}
 
 OverridesArg = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted config overrides, e.g. train.lr=3e-4 model.hidden=128")
+SampleOverridesArg = typer.Argument(None, metavar="[sample.KEY=VALUE]...",
+                                    help="Dotted sampling overrides, e.g. sample.steps=100 sample.label=7 sample.eta=1")
+
+
+def _sampler_names() -> str:
+    from ..core.samplers import SAMPLERS
+
+    return ", ".join(sorted(SAMPLERS))
+
+
+def _grid_names() -> str:
+    from ..core.grids import GRIDS
+
+    return ", ".join(sorted(GRIDS))
 
 
 def _fail(exc: BaseException) -> None:
@@ -126,14 +140,14 @@ def train(
 @app.command()
 def sample(
     model: str = typer.Argument(..., help="A checkpoint (folder or run folder) or a domain name (its shipped model)."),
-    overrides: Optional[List[str]] = OverridesArg,
+    overrides: Optional[List[str]] = SampleOverridesArg,
     n: Optional[int] = typer.Option(None, "-n", "--num", min=1, help="Generate seeds 0..N-1."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds: a range 0-9999 or a list 3,5,8."),
     out: Path = typer.Option(Path("samples"), "--out", "-o", help="Output folder (resumable)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="ddpm, ddim, dpmpp_2m, euler, heun, euler_maruyama, dopri5"),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps."),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Time grid: karras, log_snr, uniform, discrete."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help=f"Sampler: {_sampler_names()}."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps (intervals of the time grid)."),
+    grid: Optional[str] = typer.Option(None, "--grid", help=f"Time grid: {_grid_names()}."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance weight (0 = none)."),
     device: Optional[str] = typer.Option(None, "--device"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear OUT first instead of resuming."),
@@ -150,13 +164,12 @@ def sample(
     kwargs = dict(n=n, seeds=seeds, batch_size=batch_size, sampler=sampler, steps=steps, grid=grid,
                   guidance=guidance, overrides=overrides or [], device=device, progress=progress)
     if dry_run:
-        from ..core.generate import sample_config
-
-        typer.echo(dump_toml(_run(sample_config, model, **kwargs)), nl=False)
+        keep = ("batch_size", "sampler", "steps", "grid", "guidance", "overrides")
+        typer.echo(dump_toml(_run(api.sample_config, model, **{k: kwargs[k] for k in keep})), nl=False)
         return
     result = _run(api.sample, model, out, overwrite=overwrite, **kwargs)
-    typer.echo(f"{result.files} samples in {result.out} ({result.generated} generated now, {result.skipped} already there); "
-               f"manifest {result.manifest}")
+    typer.echo(f"{result.files} samples in {result.out} ({result.generated} generated now, {result.skipped} already there; "
+               f"{result.network_calls} network calls per sample); manifest {result.manifest}")
 
 
 @app.command()
@@ -187,11 +200,17 @@ def info(
 
     def render(d):
         rows = [(k, str(d[k])) for k in ("path", "domain", "step", "hash", "sciffusion_version", "parameters", "has_ema", "has_optimizer")]
+        plugin = d.get("plugin") or {}
+        if plugin:
+            rows.append(("provided by", f"{plugin.get('distribution')} {plugin.get('version')} ({plugin.get('entry_point')})"))
+        rows += [(f"file {k}", f"{v:,} bytes") for k, v in d["files"].items()]
         rows += [(f"metric {k}", f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in d["metrics"].items()]
         _table(rows, title="checkpoint")
         from ..core.config import dump_toml
 
-        typer.echo(dump_toml(d["config"]) if d["config"] else "(no config recorded)", nl=False)
+        typer.echo("# config\n" + (dump_toml(d["config"]) if d["config"] else "(no config recorded)\n"), nl=False)
+        typer.echo("\n# data config (facts of the training data)\n" +
+                   (dump_toml(d["data_config"]) if d["data_config"] else "(none)\n"), nl=False)
 
     _emit(data, as_json, render)
 

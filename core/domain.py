@@ -32,7 +32,6 @@ Rules the engine relies on
 from __future__ import annotations
 
 import abc
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .config import Table, load_toml, overrides_layer, resolve, specs_of_defaults, table_from_defaults
+from .config import load_toml, overrides_layer, resolve
+from .schema import Table, specs_of_defaults, table_from_defaults
 from .io import InputError
 from .objectives import DiffusionObjective, ObjectiveConfig, parameterisation_of
 from .parameterisation import Denoiser, EpsPrediction

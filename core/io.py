@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Iterator
 
 
+TMP = ".tmp"  # the mark of a temporary's name
+
+
 class InputError(ValueError):
     """Bad input from a user's file: the message names the file and the problem (CLI exit code 1)."""
 
@@ -45,10 +48,12 @@ def _fsync_dir(path: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
-    For writers that insist on a file name (safetensors, soundfile, RDKit...)."""
+    For writers that insist on a file name (safetensors, soundfile, RDKit, ``np.save``...). The
+    temporary ends with the target's suffix (``.x.npy.XXXX.tmp.npy``), so writers that add a
+    missing suffix (NumPy) or pick a format by it write where they are told."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP + path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -98,13 +103,19 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def is_temporary(p: Path) -> bool:
+    """A temporary of ``atomic_path`` / ``atomic_directory``: ``.NAME.XXXX.tmp`` or ``.NAME.XXXX.tmp.SUFFIX``."""
+    name = Path(p).name
+    return name.startswith(".") and (name.endswith(TMP) or TMP + "." in name)
+
+
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by a killed writer (names ``.NAME.XXXX.tmp``); returns how many."""
+    """Delete temporaries left by a killed writer (see :func:`is_temporary`); returns how many."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     n = 0
-    for p in folder.glob(".*.tmp"):
+    for p in [p for p in folder.glob(".*") if is_temporary(p)]:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 import torch
 from torch import Tensor
 
-from .config import Annotated, Check, ConfigError, Table, one_of, positive, unit_interval
+from .schema import Annotated, Check, ConfigError, Table, one_of, positive, unit_interval
 from .parameterisation import PREDICTIONS, Denoiser, EDMPreconditioning, Parameterisation, make_parameterisation
 from .process import Coefficients, Process, check_t
 from .spaces import expand_mask

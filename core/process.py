@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Annotated, Table, one_of, specs_of_signature
+from .schema import Annotated, Table, one_of, specs_of_signature
 
 
 def check_t(t: Tensor, what: str = "t") -> Tensor:

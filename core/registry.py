@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import metadata
 
-from .domain import Domain
+from .domain import Domain, denoiser_from_checkpoint
 from .io import InputError
 
 GROUP = "sciffusion.domains"
@@ -68,3 +68,18 @@ def provider(domain: Domain) -> dict:
     module = type(domain).__module__
     return {"domain": domain.name, "entry_point": f"{module}:{type(domain).__qualname__}", "distribution": "?",
             "version": "?"}
+
+
+def as_domain(domain: "str | Domain") -> Domain:
+    """A Domain instance: ``domain`` itself, or the installed domain of that name."""
+    return domain if isinstance(domain, Domain) else get_domain(str(domain))
+
+
+def load_denoiser(path, domain: "str | Domain | None" = None, *, prefer_ema: bool = True, device=None):
+    """Rebuild the denoiser of a checkpoint (or run folder) with its weights: (denoiser, checkpoint)."""
+    from .checkpoint import check_domain, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    domain = as_domain(ckpt.domain if domain is None else domain)
+    check_domain(ckpt, domain.name)
+    return denoiser_from_checkpoint(domain, ckpt, prefer_ema=prefer_ema, device=device or "cpu"), ckpt

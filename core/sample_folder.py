@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import flatten
-from .io import InputError, atomic_path, atomic_write_json, remove_stale_temporaries
+from .io import InputError, atomic_path, atomic_write_json, is_temporary, remove_stale_temporaries
 
 FORMAT = "sciffusion-samples/1"
 PARTS = ".parts"
@@ -73,10 +73,6 @@ def _read_lines(path: Path) -> list[dict] | None:
             return None
         rows.append(row)
     return rows
-
-
-def _is_temporary(p: Path) -> bool:
-    return p.name.startswith(".") and p.name.endswith(".tmp")
 
 
 def _row_files(row: dict) -> list:
@@ -146,7 +142,7 @@ def prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg:
                              "pick a new or empty folder, or pass overwrite=True (--overwrite) to write into it")
     if overwrite:
         _clear(out)
-    _remove_temporaries(out, recursive=ours or not any(not _is_temporary(p) for p in out.iterdir()))
+    _remove_temporaries(out, recursive=ours or not any(not is_temporary(p) for p in out.iterdir()))
 
     complete: list[int] = []
     if not overwrite:

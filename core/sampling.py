@@ -24,13 +24,14 @@ final denoising call is a call), not inferred from the number of steps.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from .config import Annotated, Check, ConfigError, Table, one_of, specs_of_signature
+from .schema import Annotated, Check, ConfigError, Table, one_of, specs_of_signature
 from .grids import GRIDS, make_grid
 from .guidance import ClassifierFreeGuidance, Inpaint
 from .io import InputError
@@ -40,7 +41,8 @@ from .process import Process
 from .samplers import SAMPLER_ARGS, SAMPLERS, prior
 from .state import State
 
-__all__ = ["SampleConfig", "SampleSpec", "Sampled", "sample_batch", "generate_batch", "guidance_null", "CountCalls"]
+__all__ = ["SampleConfig", "SampleSpec", "Sampled", "sample_batch", "generate_batch", "guidance_null", "CountCalls",
+           "sample_metrics"]
 
 DTYPES = {"": None, "float32": torch.float32, "float64": torch.float64}
 
@@ -196,6 +198,24 @@ def generate_batch(domain, denoiser, seeds: Sequence[int], cfg: Mapping, data_co
     noise = ExampleNoise(seeds)  # seeds checked on the host; the counter stream lives on the device
     noise.seeds = noise.seeds.to(device)
     return sample_batch(denoiser, tpl.x0, tpl.cond, noise, spec, null=null, constraint=constraint)
+
+
+@torch.no_grad()
+def sample_metrics(domain, denoiser, cfg: Mapping, data_config: dict, seeds: Sequence[int],
+                   device: torch.device | str = "cpu") -> dict:
+    """The domain's metrics of samples for ``seeds`` made with the ``[sample]`` table (what
+    training-time sample metrics report), plus ``network_calls`` per sample."""
+    spec = SampleSpec.from_config(cfg["sample"], denoiser.process)
+    if spec.dtype is not None:
+        denoiser = copy.deepcopy(denoiser).to(spec.dtype)
+    null = guidance_null(domain, cfg, data_config, spec)
+    seeds, size = list(seeds), int(cfg["sample"]["batch_size"])
+    objects, calls = [], 0
+    for a in range(0, len(seeds), size):
+        out = generate_batch(domain, denoiser, seeds[a:a + size], cfg, data_config, spec, device=device, null=null)
+        calls = max(calls, out.network_calls)
+        objects.extend(domain.decode(out.x0, out.cond, data_config))
+    return {**domain.metrics(objects, data_config), "network_calls": calls}
 
 
 def _cast(cond: Any, dtype: torch.dtype) -> Any:

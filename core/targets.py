@@ -65,8 +65,11 @@ class GaussianMixture:
         return x.reshape(x.shape[0], -1).to(torch.float64)
 
     def _log_weights(self, cond: Any, batch: int, device) -> Tensor:
-        """(B, K) log weights; cond = class labels (B,) restrict to that class, -1 or None = all."""
+        """(B, K) log weights; cond = class labels (B,) (or {"label": labels}) restrict to that
+        class, -1 or None = all."""
         lw = self.log_weights.to(device).expand(batch, -1)
+        if isinstance(cond, dict):
+            cond = cond["label"]
         if cond is None:
             return lw
         if self.labels is None:

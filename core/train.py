@@ -47,31 +47,28 @@ import os
 import sys
 import time
 import warnings
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointError, check_domain, checkpoints_dir, load_checkpoint, load_weights,
-                         save_run_checkpoint)
+from .checkpoint import check_domain, checkpoints_dir, load_checkpoint, save_run_checkpoint
 from .config import jsonable
-from .data_plan import NET, NOISE, TIME, VAL, DataPlan, MicroBatch, batch_indices, seed_everything, seed_torch
+from .data_plan import NET, NOISE, TIME, DataPlan, MicroBatch, batch_indices, seed_torch
 from .distributed import Distributed, pick_device
-from .domain import Domain, denoiser_from_checkpoint, resolve_config
+from .domain import Domain, resolve_config
 from .guards import EMA, AdaptiveClip, TrainingDiverged, by_dtype, finite_params, total_norm
 from .io import InputError
-from .noise import ExampleNoise, keyed_seeds, mix_seed
+from .registry import as_domain, load_denoiser, provider
+from .noise import mix_seed
 from .objectives import replace_condition
-from .parameterisation import Denoiser
 from .progress import Progress
 from .run_folder import RESUME_MAY_CHANGE, RunLog, check_folder, init_folder, read_log
-from .sampling import SampleSpec, generate_batch, guidance_null
-from .state import State
+from .sampling import sample_metrics
 from .train_config import TrainConfig, ema_decay_at, lr_at
+from .train_state import StepRecord, TrainState, _Loss, _Stats, _Window, example_noise, progress_text, validation_losses
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "lr_at", "ema_decay_at", "EMA", "AdaptiveClip",
            "load_denoiser", "batch_indices", "example_noise", "read_log", "TrainConfig", "RESUME_MAY_CHANGE"]
@@ -83,150 +80,6 @@ class TrainResult:
     step: int
     metrics: dict = field(default_factory=dict)
     run_dir: Path = Path(".")
-
-
-def load_denoiser(path: str | Path, domain: str | Domain | None = None, *, prefer_ema: bool = True,
-                  device=None) -> tuple[Denoiser, Any]:
-    """Rebuild the denoiser of a checkpoint (or run folder) with its weights: (denoiser, checkpoint)."""
-    ckpt = load_checkpoint(path)
-    domain = _get_domain(ckpt.domain if domain is None else domain)
-    check_domain(ckpt, domain.name)
-    return denoiser_from_checkpoint(domain, ckpt, prefer_ema=prefer_ema, device=device or "cpu"), ckpt
-
-
-def example_noise(x0: State, positions: Sequence[int] | np.ndarray, key: int) -> State:
-    """Standard noise shaped like ``x0`` in each field's space, example i's draws keyed by
-    (key, positions[i]) alone (``ExampleNoise`` on seeds hashed from them): a DDP slice or an
-    accumulation micro-batch draws exactly what the whole batch would."""
-    noise = ExampleNoise(keyed_seeds(key, positions))
-    noise.seeds = noise.seeds.to(x0.device)
-    return noise.normal(x0)
-
-
-def _get_domain(domain: str | Domain) -> Domain:
-    if isinstance(domain, Domain):
-        return domain
-    from .registry import get_domain
-
-    return get_domain(str(domain))
-
-
-class StepRecord(NamedTuple):
-    """What one step reports to the host."""
-
-    loss: float
-    grad_norm: float  # NaN when not computed (no clipping, not a log step)
-    bad: bool
-    clipped: bool
-
-
-class _Stats:
-    """Per-step records from the device to the host. On CUDA the copy is non-blocking and read one
-    step later (the GPU is never drained by the trainer); on the CPU the trainer hands over floats."""
-
-    def __init__(self):
-        self.pending: deque = deque()
-
-    def push(self, step: int, record: StepRecord) -> None:
-        self.pending.append((step, record, None))
-
-    def push_device(self, step: int, values: Tensor) -> None:
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        self.pending.append((step, host, ev))
-
-    def pop(self, flush: bool = False) -> Iterator[tuple[int, StepRecord]]:
-        while self.pending:
-            step, values, ev = self.pending[0]
-            if ev is not None:
-                if not flush and len(self.pending) == 1 and not ev.query():
-                    return
-                ev.synchronize()
-                loss, norm, bad, clipped = values.tolist()
-                values = StepRecord(loss, norm, bool(bad), bool(clipped))
-            self.pending.popleft()
-            yield step, values
-
-
-class _Loss(nn.Module):
-    """The training loss as a module, so DDP sees the whole denoiser (every parameter) in one forward."""
-
-    def __init__(self, denoiser: nn.Module, objective):
-        super().__init__()
-        self.denoiser = denoiser
-        self.objective = objective
-
-    def forward(self, x0: State, cond, t: Tensor, eps: State) -> Tensor:
-        return self.objective.per_example(self.denoiser, x0, t, eps, cond).mean()
-
-
-# ----------------------------------------------------------------------------- the training state
-
-
-class TrainState:
-    """What a checkpoint restores: the denoiser, its EMA copy, the optimizer, the EMA counter, the
-    adaptive-clip history and the bad-step counters."""
-
-    def __init__(self, domain: Domain, cfg: dict, data_config: dict, t: TrainConfig, device: torch.device):
-        seed_torch(t.seed)  # initial weights: a function of the seed alone, equal on all ranks
-        seed_everything(t.seed)
-        self.den = domain.build_denoiser(cfg, data_config).to(device)
-        self.den.train()
-        self.ema_den = copy.deepcopy(self.den).eval().requires_grad_(False)
-        names = [n for n, p in self.den.named_parameters() if p.requires_grad]
-        self.params = [p for p in self.den.parameters() if p.requires_grad]
-        if not self.params:
-            raise InputError(f"domain '{domain.name}': the denoiser has no trainable parameters")
-        ema_of = dict(self.ema_den.named_parameters())
-        self.ema = EMA(self.params, [ema_of[n] for n in names], t.ema_decay, t.ema_warmup, device)
-        self.clip = AdaptiveClip(t.adaptive_clip_window, t.adaptive_clip_start, device) if t.adaptive_clip else None
-        kw = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-        try:
-            self.opt = torch.optim.AdamW(self.params, fused=True, **kw)
-            self.fused = True
-        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            self.opt = torch.optim.AdamW(self.params, **kw)
-            self.fused = False
-        self.bad_total = self.bad_run = self.bad_first = self.clipped_total = 0
-
-    def tensors(self) -> dict[str, Tensor]:
-        out = {"ema/updates": self.ema.updates, "bad/total": torch.tensor(self.bad_total),
-               "bad/run": torch.tensor(self.bad_run), "bad/first": torch.tensor(self.bad_first),
-               "clip/clipped": torch.tensor(self.clipped_total)}
-        if self.clip is not None:
-            out.update(self.clip.state())
-        return out
-
-    def load(self, ckpt, device: torch.device) -> int:
-        src = ckpt.path
-        load_weights(self.den.network, ckpt.tensors("model.safetensors"), src / "model.safetensors")
-        if ckpt.has("ema.safetensors"):
-            load_weights(self.ema_den.network, ckpt.tensors("ema.safetensors"), src / "ema.safetensors")
-        else:
-            self.ema_den.load_state_dict(self.den.state_dict())
-        try:
-            self.opt.load_state_dict(ckpt.optimizer_state())
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{src}: optimizer state does not fit the model ({e})") from None
-        for group in self.opt.param_groups:  # the stored groups came through JSON
-            group["betas"] = tuple(group["betas"])
-        extra = ckpt.extra_tensors()
-        try:
-            self.ema.updates.copy_(extra["ema/updates"])
-            self.bad_total, self.bad_run = int(extra["bad/total"]), int(extra["bad/run"])
-            self.bad_first, self.clipped_total = int(extra["bad/first"]), int(extra["clip/clipped"])
-            if self.clip is not None:
-                self.clip.load({k: v.to(device) for k, v in extra.items() if k.startswith("clip/")})
-        except KeyError as e:
-            raise CheckpointError(f"{src}: trainer state lacks {e} (not a checkpoint written by train()?)") from None
-        ckpt.restore_rng()
-        return ckpt.step
-
-    def sync_ema_buffers(self) -> None:
-        for b_ema, b in zip(self.ema_den.buffers(), self.den.buffers()):
-            b_ema.copy_(b)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -420,58 +273,25 @@ class Trainer:
         return bool(clipped) and good if isinstance(good, bool) else clipped & good
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
     def validate(self) -> dict:
-        n = min(len(self.valid_set), self.tc.val_batches * self.B)
         chunk = max(1, self.plan.micro_slices[0][1] - self.plan.micro_slices[0][0])
-        g = torch.Generator().manual_seed(mix_seed(self.tc.seed, VAL))
-        t_all = self.objective.sample_t(n, self.state.den.process, generator=g)
-        self.state.sync_ema_buffers()
-        self.state.den.eval()
-        out = {}
-        try:
-            for name, den in (("val_loss", self.state.den), ("val_loss_ema", self.state.ema_den)):
-                total = 0.0
-                for a in range(0, n, chunk):
-                    b = min(n, a + chunk)
-                    seed_everything(mix_seed(self.tc.seed, VAL, a))
-                    batch = self.domain.collate([self.valid_set[i] for i in range(a, b)], self.data_config)
-                    batch = batch.to(self.device)
-                    eps = example_noise(batch.x0, range(a, b), mix_seed(self.tc.seed, VAL))
-                    with self._autocast():
-                        per = self.objective.per_example(den, batch.x0, t_all[a:b].to(self.device), eps, batch.cond)
-                    total += float(per.to(torch.float64).sum())
-                out[name] = total / n
-        finally:
-            self.state.den.train()
-        return out
+        return validation_losses(self.domain, self.objective, self.state, self.valid_set, self.data_config,
+                                 n=min(len(self.valid_set), self.tc.val_batches * self.B), chunk=chunk,
+                                 seed=self.tc.seed, device=self.device, autocast=self._autocast)
 
     @torch.no_grad()
     def sample_metrics(self) -> dict:
         """``sample_n`` samples (seeds 0..n-1) through the one sampling path, scored by the domain."""
-        s = self.cfg["sample"]
         st = self.state
         st.sync_ema_buffers()
-        den = st.ema_den if s.get("use_ema", True) else st.den
-        spec = SampleSpec.from_config(s, den.process)
-        if spec.dtype is not None:
-            den = copy.deepcopy(den).to(spec.dtype)
-        null = guidance_null(self.domain, self.cfg, self.data_config, spec)
+        den = st.ema_den if self.cfg["sample"]["use_ema"] else st.den
         was_training = st.den.training
         st.den.eval()
         try:
-            seeds = list(range(self.tc.sample_n))
-            size = int(s["batch_size"])
-            objects, calls = [], 0
-            for a in range(0, len(seeds), size):
-                out = generate_batch(self.domain, den, seeds[a:a + size], self.cfg, self.data_config, spec,
-                                     device=self.device, null=null)
-                calls = max(calls, out.network_calls)
-                objects.extend(self.domain.decode(out.x0, out.cond, self.data_config))
-            m = self.domain.metrics(objects, self.data_config)
+            m = sample_metrics(self.domain, den, self.cfg, self.data_config, range(self.tc.sample_n), self.device)
         finally:
             st.den.train(was_training)
-        return {**{f"sample/{k}": float(v) for k, v in m.items()}, "sample/network_calls": calls}
+        return {f"sample/{k}": float(v) for k, v in m.items()}
 
     # ------------------------------------------------------------------ output
     def save(self, step: int) -> None:
@@ -488,7 +308,7 @@ class Trainer:
             model=st.den.network.state_dict(), ema=st.ema_den.network.state_dict(),
             optimizer=st.opt.state_dict(), extra_tensors=st.tensors(), rng=True,
             meta={"domain": self.domain.name, "step": step, "config": self.cfg, "data_config": self.data_config,
-                  "metrics": self.metrics, "plugin": _plugin_of(self.domain),
+                  "metrics": self.metrics, "plugin": provider(self.domain),
                   "train": {"world_size": self.ctx.world, "examples_seen": step * self.B, "train_examples": self.N}})
 
     def diverged(self, step: int, why: str) -> TrainingDiverged:
@@ -534,7 +354,7 @@ class Trainer:
                         rec = self._train_record(done, window)
                         self.metrics.update({k: v for k, v in rec.items() if k != "step"})
                         self.log(rec)
-                        bar.show(_progress_text(rec))
+                        bar.show(progress_text(rec))
                         window = _Window()
                     if self.ctx.main and tc.val_every > 0 and due(tc.val_every, done):
                         v = self.validate()
@@ -596,35 +416,6 @@ class Trainer:
         }
 
 
-@dataclass
-class _Window:
-    """What happened since the last log line."""
-
-    loss: float = 0.0
-    norm: float = math.nan
-    good: int = 0
-    steps: int = 0
-    time: float = 0.0
-
-
-def _progress_text(rec: dict) -> str:
-    parts = []
-    if rec.get("loss") is not None:
-        parts.append(f"loss {rec['loss']:.4g}")
-    if rec.get("examples_per_s"):
-        parts.append(f"{rec['examples_per_s']:.0f} ex/s")
-    if rec.get("bad_steps"):
-        parts.append(f"bad {rec['bad_steps']}")
-    return "  ".join(parts)
-
-
-def _plugin_of(domain: Domain) -> dict:
-    """The distribution and version that provide ``domain`` (recorded in checkpoints)."""
-    from .registry import provider
-
-    return provider(domain)
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -637,7 +428,7 @@ def train(domain: str | Domain, config: Mapping, out: str | Path, *, device: str
     in RESUME_MAY_CHANGE); ``False`` refuses a folder that holds checkpoints. ``device``: "cpu",
     "cuda", "cuda:1"... or automatic; under torchrun each rank uses its LOCAL_RANK GPU.
     ``progress``: a rich progress bar (default: when stderr is a terminal; rank 0 only)."""
-    domain = _get_domain(domain)
+    domain = as_domain(domain)
     if config.get("domain", domain.name) != domain.name:
         raise InputError(f"the config is for domain '{config.get('domain')}', not '{domain.name}'")
     cfg = jsonable(resolve_config(domain, dict(config)))

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Union
 
-from .config import Annotated, Check, ConfigError, Table, one_of, unit_interval
+from .schema import Annotated, Check, ConfigError, Table, one_of, unit_interval
 
 DECAYS = ("none", "cosine", "linear")
 

@@ -4,7 +4,7 @@ import torch
 from sciffusion.core import grids
 from sciffusion.core.noise import ExampleNoise
 from sciffusion.core.objectives import DiffusionObjective, drop_condition, sample_time
-from sciffusion.core.parameterisation import (Denoiser, EDMPreconditioning, eps_from_x0, field_coefficients, v_from,
+from sciffusion.core.parameterisation import (Denoiser, eps_from_x0, field_coefficients, v_from,
                                               velocity_from)
 from sciffusion.core.process import KarrasVE, RectifiedFlow, VPCosine
 from sciffusion.core.samplers import prior, sample_heun

@@ -22,7 +22,7 @@ import torch
 from sciffusion.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciffusion.core.domain import resolve_config
 from sciffusion.core.generate import FORMAT, parse_seeds, sample, shard_seeds
-from sciffusion.core.io import InputError
+from sciffusion.core.io import InputError, is_temporary
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 TINY = ["model.hidden=16", "model.layers=2", "sample.steps=5", "sample.shard_size=10"]
@@ -61,7 +61,7 @@ def manifest(out: Path) -> list[dict]:
 
 
 def temporaries(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+    return [p for p in out.rglob("*") if is_temporary(p)]
 
 
 # ----------------------------------------------------------------------------- files and manifest
@@ -228,7 +228,7 @@ def test_stale_temporaries_are_removed_on_resume(ckpt, reference40, tmp_path):
     shutil.copytree(reference40, out)
     (out / ".parts" / "shard-000002.jsonl").unlink()  # shard 2 incomplete
     (out / "manifest.jsonl").unlink()
-    (out / ".00000021.csv.abcd.tmp").write_text("half")
+    (out / ".00000021.csv.abcd.tmp.csv").write_text("half")
     (out / ".parts" / ".shard-000002.jsonl.x.tmp").write_text("half")
     (out / "00000025.csv").write_text("half-written by hand")
     r = sample(ckpt, out, n=40, progress=False)
@@ -480,3 +480,19 @@ def test_export_replaces_a_checkpoint_only_when_complete(ckpt, tmp_path):
         api.export(ckpt, tmp_path / "notes", replace=True)
     with pytest.raises(InputError, match="already exists"):
         api.export(ckpt, target)
+
+
+def test_sample_eta_changes_what_ddim_generates(ckpt, tmp_path):
+    """sample.eta reaches the sampler in batch generation (it used to be honoured only by training
+    metrics while the config hash recorded it): eta = 1 gives other files than eta = 0, eta = 0
+    gives the files of euler (DDIM(0) is Euler on the PF-ODE) up to round-off, and the manifest
+    records the option."""
+    f64 = ["sample.dtype='float64'"]
+    sample(ckpt, tmp_path / "e0", n=6, sampler="ddim", overrides=["sample.eta=0", *f64], progress=False)
+    sample(ckpt, tmp_path / "e1", n=6, sampler="ddim", overrides=["sample.eta=1", *f64], progress=False)
+    sample(ckpt, tmp_path / "eu", n=6, sampler="euler", overrides=f64, progress=False)
+    e0, e1, eu = (sample_files(tmp_path / k) for k in ("e0", "e1", "eu"))
+    assert all(e0[k] != e1[k] for k in e0)
+    assert e0 == eu
+    assert {r["eta"] for r in manifest(tmp_path / "e1")} == {1.0}
+    assert {r["network_calls"] for r in manifest(tmp_path / "e1")} == {5}  # sample.steps = 5, sigma(0) = 0

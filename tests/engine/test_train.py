@@ -17,7 +17,7 @@ from torch import nn
 
 from sciffusion.core.checkpoint import list_checkpoints, load_checkpoint
 from sciffusion.core.domain import resolve_config
-from sciffusion.core.io import InputError
+from sciffusion.core.io import InputError, is_temporary
 from sciffusion.core.train import (EMA, AdaptiveClip, TrainingDiverged, batch_indices, ema_decay_at, load_denoiser,
                                    lr_at, example_noise, train)
 
@@ -319,7 +319,7 @@ def test_kill_9_and_resume_is_bitwise_identical(points2d, points2d_env, points_d
     for name in ("model.safetensors", "ema.safetensors", "state.safetensors"):
         _assert_equal(_tensors(a, name), _tensors(b, name), name)
     assert [s for s, _ in list_checkpoints(killed)] == [20, 24]  # keep_last
-    assert not list(killed.rglob(".*.tmp"))  # nothing half-written is left
+    assert not [p for p in killed.rglob(".*") if is_temporary(p)]  # nothing half-written is left
     # the resumed log has every record exactly once, with the same values
     la, lb = _log(tmp_path / "straight"), _log(killed)
     key = lambda log: [(r["step"], r.get("loss"), r.get("grad_norm"), r.get("val_loss")) for r in log  # noqa: E731

@@ -135,9 +135,9 @@ def test_write_read_and_spectrograms(domain, synth_cfg, data_config, tmp_path):
 
 
 def test_missing_fsdd_is_a_clear_error(domain, monkeypatch):
-    import sciffusion.domains.audio.domain as mod
+    import sciffusion.domains.audio.data as data
 
-    monkeypatch.setattr(mod, "fsdd_root", lambda: None)
+    monkeypatch.setattr(data, "fsdd_root", lambda: None)
     with pytest.raises(InputError, match="Free Spoken Digit Dataset was not found"):
         domain.load_dataset(domain.default_config()["data"], "train")
 
