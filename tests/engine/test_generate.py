@@ -496,3 +496,18 @@ def test_sample_eta_changes_what_ddim_generates(ckpt, tmp_path):
     assert e0 == eu
     assert {r["eta"] for r in manifest(tmp_path / "e1")} == {1.0}
     assert {r["network_calls"] for r in manifest(tmp_path / "e1")} == {5}  # sample.steps = 5, sigma(0) = 0
+
+
+def test_evaluate_never_hands_the_engines_files_to_a_domain(reference40):
+    """A domain with file_suffix "" sees every file of a samples folder but the engine's own
+    (manifest.jsonl, run.json, .parts/): they used to be read as samples and fail."""
+    from sciffusion.api import collect_files
+
+    files = collect_files([reference40], "")
+    assert len(files) == 40 and all(f.suffix == ".csv" for f in files)
+    assert {p.name for p in reference40.iterdir()} >= {"manifest.jsonl", "run.json", ".parts"}
+
+
+def test_sample_folders_record_the_domains_provider(reference40):
+    run = json.loads((reference40 / "run.json").read_text())
+    assert run["plugin"]["distribution"] == "sciffusion-points2d" and run["plugin"]["domain"] == "points2d"

@@ -421,6 +421,12 @@ def test_non_finite_weights_are_never_checkpointed(points2d_env, points_data, tm
 # ----------------------------------------------------------------------------- run folder
 
 
+def test_checkpoints_record_the_plugin_that_made_them(points2d, points_data, tmp_path):
+    res = train(points2d, _cfg(points2d, points_data, steps=1), tmp_path / "run", device="cpu", progress=False)
+    plugin = load_checkpoint(res.checkpoint).meta["plugin"]
+    assert plugin["distribution"] == "sciffusion-points2d" and plugin["entry_point"].endswith(":PointsDomain")
+
+
 def test_keep_last_checkpoints(points2d, points_data, tmp_path):
     train(points2d, _cfg(points2d, points_data, steps=5, ckpt_every=1, keep_last=2), tmp_path / "run",
           device="cpu", progress=False)
