@@ -32,6 +32,7 @@ Rules the engine relies on
 from __future__ import annotations
 
 import abc
+import inspect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,9 @@ class Domain(abc.ABC):
     @abc.abstractmethod
     def build_network(self, model_cfg: dict, data_config: dict) -> torch.nn.Module:
         """The network: ``forward(x: State, c_noise: Tensor(B,), cond) -> State`` of raw outputs F,
-        one per field of ``x``, each shaped like it (see ``core.parameterisation``)."""
+        one per field of ``x``, each shaped like it (see ``core.parameterisation``). A network
+        that can be self-conditioned takes a keyword ``self_conditioning=True`` and then finds the
+        x0 estimate in its input as fields ``"sc:<name>"``."""
 
     def build_process(self, cfg: dict) -> Process:
         return process_from_config(cfg["process"])
@@ -129,10 +132,23 @@ class Domain(abc.ABC):
                           f"reaches {gain:.0f} at t = 1: x0 = (x - sigma eps)/alpha amplifies the network's error by "
                           "that much near the prior, so few-step samplers give values far out of range; prefer "
                           "objective.prediction = \"v\" (or \"x0\", or EDM preconditioning)", stacklevel=2)
-        return Denoiser(self.build_network(cfg.get("model", {}), data_config), process, p)
+        self_cond = float(cfg["objective"].get("self_conditioning", 0.0)) > 0
+        if self_cond and "self_conditioning" not in inspect.signature(self.build_network).parameters:
+            raise InputError(f"domain '{self.name}': objective.self_conditioning > 0 needs a network that takes an x0 "
+                             "estimate as input: build_network(model_cfg, data_config, self_conditioning=True)")
+        extra = {"self_conditioning": True} if self_cond else {}
+        return Denoiser(self.build_network(cfg.get("model", {}), data_config, **extra), process, p,
+                        self_conditioning=self_cond)
 
     def build_objective(self, cfg: dict) -> DiffusionObjective:
         return DiffusionObjective.from_config(cfg["objective"])
+
+    def align_noise(self, x0: State, eps: State, cfg: dict) -> State:
+        """The training noise paired with each example, given its data (a coupling of data and
+        prior, e.g. the optimal rotation and permutation of point sets for flow matching). It must
+        keep the noise's law (rotate or permute it within what the data leaves exchangeable) and
+        depend on each example alone. Default: the noise as drawn."""
+        return eps
 
     def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
         """Values that stand for "no condition" (classifier-free guidance), one per key of the

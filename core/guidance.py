@@ -64,7 +64,8 @@ class ClassifierGuidance(torch.nn.Module):
             grads = torch.autograd.grad(lp.sum(), list(leaves.values()), allow_unused=True)
         t64 = t.to(torch.float64)
         gain = self.scale * self.process.sigma(t64) ** 2 / self.process.alpha(t64)
-        shift = x.like({k: (g if g is not None else torch.zeros_like(x[k])) for k, g in zip(leaves, grads)})
+        shift = x.like({k: (g if g is not None and not x.space(k).categorical else torch.zeros_like(x[k]))
+                        for k, g in zip(leaves, grads)})
         return (D + shift.project().scale(gain)).project()
 
 
@@ -91,10 +92,12 @@ class Inpaint:
         self.process = process
 
     def noised_known(self, t: float, noise: ExampleNoise) -> State:
-        tt = torch.tensor(t, dtype=torch.float64)
-        a, s = float(self.process.alpha(tt)), float(self.process.sigma(tt))
+        """The known data noised to time t (a categorical field: masked with probability t)."""
+        from .objectives import diffuse
+
         z = need_noise(noise, "inpainting").normal(self.known)
-        return self.known * a + z * s
+        tt = torch.full((self.known.batch_size,), float(t), dtype=torch.float64, device=self.known.device)
+        return diffuse(self.known, tt, z, self.process)
 
     def _merge(self, x: State, known: State) -> State:
         out = dict(x.fields)

@@ -104,6 +104,8 @@ def log_likelihood(denoiser, x: State, cond: Any = None, *, t_min: float = 1e-3,
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
     x = x.validate().project()
+    if x.categorical():
+        raise ValueError(f"the probability-flow likelihood is for continuous fields; {x.categorical()} are categorical")
     p = denoiser.process
     probe = None
     if divergence == "hutchinson":

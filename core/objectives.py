@@ -62,6 +62,7 @@ class ObjectiveConfig(Table):
     sigma_min: Annotated[float, positive()] = SIGMA_MIN  # lognormal: smallest sigma~ drawn (where the karras grid ends)
     timesteps: Annotated[int, Check(lo=1)] = 1000  # discrete: T
     condition_dropout: Annotated[float, unit_interval()] = 0.0  # p of replacing a condition by the null one (CFG)
+    self_conditioning: Annotated[float, unit_interval()] = 0.0  # p that an example sees the model's own x0 estimate (> 0: a self-conditioned model)
     field_weights: dict = field(default_factory=dict)  # {field: weight} on each field's loss (default 1)
 
     @classmethod
@@ -150,9 +151,18 @@ def _gamma(k: float, n: int, generator) -> Tensor:
 
 
 def diffuse(x0: State, t: Tensor, eps: State, process: Process) -> State:
-    """x_t = alpha(t) x0 + sigma(t) eps (eps already in each field's space)."""
+    """x_t = alpha(t) x0 + sigma(t) eps (eps already in each field's space); a categorical field is
+    masked instead (``spaces.Categorical.diffuse``)."""
     t64 = t.to(torch.float64)
-    return (x0.scale(process.alpha(t64)) + eps.scale(process.sigma(t64))).project()
+    a, s = process.alpha(t64), process.sigma(t64)
+    out = {}
+    for k, v in x0.fields.items():
+        space = x0.space(k)
+        if space.categorical:
+            out[k] = space.diffuse(v, eps[k], x0.expand(t64, k))
+        else:
+            out[k] = v * x0.expand(a, k).to(v.dtype) + eps[k] * x0.expand(s, k).to(v.dtype)
+    return x0.like(out).project()
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -201,8 +211,10 @@ def drop_condition(cond: Mapping[str, Tensor], p: float, null: Mapping[str, Any]
 class DiffusionObjective:
     """Weighted regression loss of a ``Denoiser``'s network output F on its target.
 
-    Loss per example = w_F(t) * mean over real entries (all diffused fields, each scaled by its
-    ``field_weights``) of |F - target|^2; the batch loss is the mean over examples."""
+    Loss per example = w_F(t) * mean over real entries (all continuous fields, each scaled by its
+    ``field_weights``) of |F - target|^2, plus for each categorical field its weight times the
+    cross-entropy of F at the masked rows, summed over rows and divided by the example's rows;
+    the batch loss is the mean over examples."""
 
     weighting: str = "uniform"
     time_sampler: str = "uniform"
@@ -245,30 +257,49 @@ class DiffusionObjective:
                            params=self.time_params, t_min=self.t_min, sigma_min=self.sigma_min,
                            timesteps=self.timesteps)
 
-    def per_example(self, denoiser: Denoiser, x0: State, t: Tensor, eps: State, cond: Any = None) -> Tensor:
-        """Weighted loss per example (B,) for given times and noise."""
+    def per_example(self, denoiser: Denoiser, x0: State, t: Tensor, eps: State, cond: Any = None,
+                    self_cond: Tensor | None = None) -> Tensor:
+        """Weighted loss per example (B,) for given times and noise. ``self_cond`` (B,) bool: the
+        examples whose network input gets the model's own x0 estimate, made first without
+        gradient (self-conditioning, Chen et al. 2022); only for a self-conditioned denoiser."""
         check_t(t)
         process, p = denoiser.process, denoiser.parameterisation
         x_t = diffuse(x0, t, eps, process)
         t64 = t.to(torch.float64)
         c = process.coefficients(t64)
         sc = p.scalings(c, t64)
-        F = denoiser.raw(x_t, t.to(x0.dtype), cond, sc)
+        if self_cond is not None and getattr(denoiser, "self_conditioning", False):
+            with torch.no_grad():
+                first = denoiser(x_t, t.to(x0.dtype), cond)
+            keep = self_cond.to(x0.device)
+            self_cond = first.map(lambda k, v: v * x0.expand(keep.to(v.dtype), k))
+        else:
+            self_cond = None
+        F = denoiser.raw(x_t, t.to(x0.dtype), cond, sc, self_cond=self_cond)
         a, b = sc.target_coefficients(c)
         total = torch.zeros(x0.batch_size, dtype=torch.float64, device=x0.device)
         entries = torch.zeros_like(total)
+        discrete = torch.zeros_like(total)
         for k in x0.fields:
+            fw = (self.field_weights or {}).get(k, 1.0)
+            space = x0.space(k)
+            if space.categorical:
+                ce = space.cross_entropy(F[k], x0[k], x_t[k])
+                if k in x0.masks:
+                    ce = ce * x0.masks[k].to(ce.dtype)
+                rows = x0.layout(k).counts(x0[k][..., 0])
+                discrete = discrete + fw * x0.layout(k).sum_per_example(ce) / rows.clamp_min(1)
+                continue
             target = x0[k] * x0.expand(a, k).to(x0[k].dtype) + eps[k] * x0.expand(b, k).to(x0[k].dtype)
             err = (F[k] - target).pow(2)
             if k in x0.masks:
                 err = err * expand_mask(x0.masks[k], err).to(err.dtype)
-            fw = (self.field_weights or {}).get(k, 1.0)
             total = total + fw * x0.layout(k).sum_per_example(err).to(torch.float64)
             entries = entries + x0.layout(k).counts(x0[k])
         loss = total / entries.clamp_min(1)
         if self.weighting != "uniform":
             loss = loss * (self.x0_weight(c) * sc.c_out**2).to(loss.device)
-        return loss
+        return loss + discrete
 
     def __call__(self, denoiser: Denoiser, x0: State, cond: Any = None, *, generator: torch.Generator | None = None,
                  t: Tensor | None = None, eps: State | None = None) -> Tensor:

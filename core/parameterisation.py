@@ -252,13 +252,20 @@ class Denoiser(torch.nn.Module):
     ``network(x_in, c_noise, cond) -> State`` of raw outputs F for the diffused fields (the fields
     of its input, each of the input's shape). ``parameterisation``: a name in PREDICTIONS or a
     :class:`Parameterisation` (e.g. ``EDMPreconditioning(0.5)``). The output is projected into
-    each field's space."""
+    each field's space. A categorical field (``spaces.Categorical``) is not scaled: the network
+    sees its one-hot rows and gives logits, and D is their posterior mean.
 
-    def __init__(self, network: Network, process: Process, parameterisation: str | Parameterisation = "v"):
+    ``self_conditioning`` (Chen et al. 2022): the network also sees an x0 estimate of the same
+    example, as fields ``"sc:<name>"`` beside the state's own (zeros when there is none yet); the
+    objective makes it with a first pass, samplers pass the previous step's D."""
+
+    def __init__(self, network: Network, process: Process, parameterisation: str | Parameterisation = "v",
+                 self_conditioning: bool = False):
         super().__init__()
         self.network = network
         self.process = process
         self.parameterisation = make_parameterisation(parameterisation)
+        self.self_conditioning = bool(self_conditioning)
 
     @property
     def prediction(self) -> str:
@@ -268,20 +275,41 @@ class Denoiser(torch.nn.Module):
         t64 = t.to(torch.float64)
         return self.parameterisation.scalings(self.process.coefficients(t64), t64)
 
-    def raw(self, x: State, t: Tensor, cond: Any = None, sc: Scalings | None = None) -> State:
+    def network_input(self, x: State, sc: Scalings, self_cond: State | None = None) -> State:
+        """c_in x_t (categorical fields as they are), with the self-conditioning fields."""
+        x_in = x.like({k: v if x.space(k).categorical else v * x.expand(sc.c_in, k).to(v.dtype)
+                       for k, v in x.fields.items()})
+        if not self.self_conditioning:
+            return x_in
+        given = self_cond if self_cond is not None else x.map(lambda k, v: torch.zeros_like(v))
+        return x_in.with_prefixed(given.detach(), SELF_COND)
+
+    def raw(self, x: State, t: Tensor, cond: Any = None, sc: Scalings | None = None,
+            self_cond: State | None = None) -> State:
         """The network's own output F for (x_t, t)."""
         sc = self.scalings(t) if sc is None else sc
-        out = self.network(x.scale(sc.c_in), sc.c_noise.to(t.dtype), cond)
+        out = self.network(self.network_input(x, sc, self_cond), sc.c_noise.to(t.dtype), cond)
         check_network_output(out, x)
         return x.like({k: out[k] for k in x.fields})
 
-    def forward(self, x: State, t: Tensor, cond: Any = None) -> State:
+    def forward(self, x: State, t: Tensor, cond: Any = None, self_cond: State | None = None) -> State:
         """D = c_skip x + c_out F, combined in float64 (eps-prediction near alpha = 0 subtracts two
-        terms of size 1/alpha: in float32 that would cost digits), returned in x's dtype."""
+        terms of size 1/alpha: in float32 that would cost digits), returned in x's dtype; the
+        posterior mean of a categorical field."""
         sc = self.scalings(t)
-        F = self.raw(x, t, cond, sc)
-        d = x.to(dtype=torch.float64).scale(sc.c_skip) + F.to(dtype=torch.float64).scale(sc.c_out)
-        return d.to(dtype=x.dtype).project()
+        F = self.raw(x, t, cond, sc, self_cond)
+        out = {}
+        for k, v in x.fields.items():
+            space = x.space(k)
+            if space.categorical:
+                out[k] = space.posterior_mean(v, F[k])
+                continue
+            d = v.to(torch.float64) * x.expand(sc.c_skip, k) + F[k].to(torch.float64) * x.expand(sc.c_out, k)
+            out[k] = d.to(v.dtype)
+        return x.like(out).project()
+
+
+SELF_COND = "sc:"  # the prefix of the self-conditioning fields of a network's input
 
 
 def check_network_output(out: Any, x: State) -> None:

@@ -20,7 +20,7 @@ from .io import InputError, atomic_write_json, atomic_write_text, remove_stale_t
 #: it: train.steps, the cadence keys, and the ``sample`` table (how the model is sampled, never how
 #: it is trained).
 RESUME_MAY_CHANGE = frozenset({
-    "train.steps", "train.log_every", "train.val_every", "train.val_batches", "train.sample_every",
+    "train.steps", "train.max_minutes", "train.log_every", "train.val_every", "train.val_batches", "train.sample_every",
     "train.sample_n", "train.ckpt_every", "train.keep_last", "train.num_workers", "train.max_bad_steps",
     "sample",
 })

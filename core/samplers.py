@@ -68,11 +68,13 @@ def schedule(process: Process, grid: Tensor) -> Schedule:
 
 def prior(process: Process, like: State, noise: ExampleNoise, t: float | Tensor) -> State:
     """Initial state at time t (a float, or a time grid whose first time is used): sigma(t) times
-    standard noise in each field's space."""
+    standard noise in each field's space; a categorical field starts all masked."""
     if torch.is_tensor(t):
         t = float(t.reshape(-1)[0])
     s = float(process.sigma(torch.tensor([t], dtype=torch.float64)))
-    return noise.normal(like) * s
+    z = noise.normal(like)
+    return like.like({k: like.space(k).mask_token(v) if like.space(k).categorical else z[k] * s
+                      for k, v in like.fields.items()})
 
 
 # ----------------------------------------------------------------------------- shared plumbing
@@ -94,7 +96,40 @@ def _start(denoiser, x: State, grid, constraint, noise):
     return sched, x
 
 
-def _after_step(x: State, i: int, sched: Schedule, D: State, constraint, noise, callback) -> State:
+def _jump(x: State, x_prev: State, i: int, sched: Schedule, D: State, noise) -> State:
+    """Categorical fields take their jump from x_prev (the arithmetic of the continuous update
+    means nothing for them): ``spaces.Categorical.jump`` from t_i to t_{i+1}."""
+    names = x_prev.categorical()
+    if not names:
+        return x
+    z = need_noise(noise, "a categorical field").normal(_only(x_prev, names))
+    out = dict(x.fields)
+    for k in names:
+        out[k] = x_prev.space(k).jump(x_prev[k], D[k], sched.t[i], sched.t[i + 1], z[k])
+    return x.like(out)
+
+
+def _only(x: State, names) -> State:
+    return State({k: x[k] for k in names}, x.batch_size, {k: v for k, v in x.index.items() if k in names},
+                 {k: v for k, v in x.masks.items() if k in names}, {k: v for k, v in x.spaces.items() if k in names})
+
+
+def _keep_categorical(x: State, x_prev: State) -> State:
+    """``x`` with the categorical fields of ``x_prev`` (an intermediate evaluation point)."""
+    names = x_prev.categorical()
+    return x if not names else x.like({**x.fields, **{k: x_prev[k] for k in names}})
+
+
+def _no_categorical(x: State, what: str) -> None:
+    if x.categorical():
+        raise ValueError(f"{what} integrates an ODE or resamples continuously; it cannot sample the categorical "
+                         f"field(s) {x.categorical()} (use ddpm, ddim, euler, heun, dpmpp_2m or euler_maruyama)")
+
+
+def _after_step(x: State, i: int, sched: Schedule, D: State, constraint, noise, callback,
+                x_prev: State | None = None) -> State:
+    if x_prev is not None:
+        x = _jump(x, x_prev, i, sched, D, noise)
     if constraint is not None:
         x = constraint(x, sched.t[i + 1], noise)
     if callback is not None:
@@ -135,8 +170,8 @@ def sample_euler(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=No
     for i in range(sched.steps):
         D = _eval(denoiser, x, sched.t[i], cond)
         A, B, _ = ddim_coefficients(sched, i, 0.0)
-        x = (x * A + D * B).project()
-        x = _after_step(x, i, sched, D, constraint, noise, callback)
+        x_prev, x = x, (x * A + D * B).project()
+        x = _after_step(x, i, sched, D, constraint, noise, callback, x_prev)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
@@ -150,7 +185,8 @@ def sample_heun(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=Non
         a, s, a_n, s_n = sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
         D = _eval(denoiser, x, sched.t[i], cond)
         eps = (x - D * a) / s
-        x_euler = (D * a_n + eps * s_n).project()
+        x_euler = _keep_categorical((D * a_n + eps * s_n).project(), x)
+        x_prev = x
         if s_n == 0 or a == 0 or i == sched.steps - 1:
             x = x_euler
         else:
@@ -158,7 +194,7 @@ def sample_heun(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=Non
             eps2 = (x_euler - D2 * a_n) / s_n
             # x_n = (a_n/a) x + (s_n - a_n s/a) (eps + eps2)/2
             x = (x * (a_n / a) + (eps + eps2) * (0.5 * (s_n - a_n * s / a))).project()
-        x = _after_step(x, i, sched, D, constraint, noise, callback)
+        x = _after_step(x, i, sched, D, constraint, noise, callback, x_prev)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
@@ -181,9 +217,9 @@ def sample_dpmpp_2m(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise
         else:
             r = h_prev / h
             D_eff = D * (1 + 1 / (2 * r)) - D_prev * (1 / (2 * r))
-        x = (x * (s_n / s) + D_eff * (-a_n * expm)).project()
+        x_prev, x = x, (x * (s_n / s) + D_eff * (-a_n * expm)).project()
         D_prev, h_prev = D, h
-        x = _after_step(x, i, sched, D, constraint, noise, callback)
+        x = _after_step(x, i, sched, D, constraint, noise, callback, x_prev)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
@@ -201,12 +237,12 @@ def sample_ddim(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=Non
     for i in range(sched.steps):
         D = _eval(denoiser, x, sched.t[i], cond)
         A, B, C = ddim_coefficients(sched, i, eta)
-        x = x * A + D * B
+        x_prev, x = x, x * A + D * B
         if eta > 0:
             z = noise.normal(x)
             if C > 0:
                 x = x + z * C
-        x = _after_step(x.project(), i, sched, D, constraint, noise, callback)
+        x = _after_step(x.project(), i, sched, D, constraint, noise, callback, x_prev)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
@@ -233,8 +269,8 @@ def sample_ddpm(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=Non
     sched, x = _start(denoiser, x, grid, constraint, noise)
     for i in range(sched.steps):
         D = _eval(denoiser, x, sched.t[i], cond)
-        x = ddpm_step(x, D, sched, i, noise.normal(x))
-        x = _after_step(x, i, sched, D, constraint, noise, callback)
+        x_prev, x = x, ddpm_step(x, D, sched, i, noise.normal(x))
+        x = _after_step(x, i, sched, D, constraint, noise, callback, x_prev)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
@@ -250,6 +286,7 @@ def sample_repaint(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=
         raise ValueError("RePaint needs constraint=Inpaint(...)")
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise ValueError(f"resample must be an integer >= 1, got {resample!r}")
+    _no_categorical(x, "RePaint")
     sched, x = _start(denoiser, x, grid, constraint, noise)
     for i in range(sched.steps):
         a, s, a_n, s_n = sched.alpha[i], sched.sigma[i], sched.alpha[i + 1], sched.sigma[i + 1]
@@ -282,6 +319,7 @@ def sample_euler_maruyama(denoiser, x: State, grid: Tensor, cond: Any = None, *,
         dt = sched.t[i] - sched.t[i + 1]
         D = _eval(denoiser, x, sched.t[i], cond)
         z = noise.normal(x)
+        x_prev = x
         if sched.sigma[i + 1] == 0:
             x = D
         else:
@@ -290,7 +328,7 @@ def sample_euler_maruyama(denoiser, x: State, grid: Tensor, cond: Any = None, *,
             g2 = -(s**2) * dlam
             eps = (x - D * a) / s
             x = x - (x * f - eps * (s * dlam)) * dt + z * math.sqrt(g2 * dt)
-        x = _after_step(x.project(), i, sched, D, constraint, noise, callback)
+        x = _after_step(x.project(), i, sched, D, constraint, noise, callback, x_prev)
     return _finish(denoiser, x, sched, cond, final_denoise, constraint)
 
 
@@ -316,6 +354,7 @@ def sample_dopri5(denoiser, x: State, grid: Tensor, cond: Any = None, *, noise=N
     integration stops at the noise level sigma~ = sigma_min (the ODE is singular at sigma = 0) and
     finishes with one denoising step there. ``info``, when given a dict, receives the solver's
     statistics (nfe, accepted, rejected)."""
+    _no_categorical(x, "dopri5")
     sched, x = _start(denoiser, x, grid, None, noise)
     p = denoiser.process
     t_end = sched.t[-1]

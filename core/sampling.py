@@ -134,6 +134,24 @@ class CountCalls(torch.nn.Module):
         return self.denoiser(x, t, cond)
 
 
+class SelfConditioned(torch.nn.Module):
+    """A self-conditioned denoiser as samplers use it (Chen et al. 2022): each call sees the x0
+    estimate of the previous call with the same condition (none at the first), so guidance's
+    conditional and unconditional evaluations each keep their own."""
+
+    def __init__(self, denoiser):
+        super().__init__()
+        self.denoiser = denoiser
+        self.process = denoiser.process
+        self.last: dict[int, State] = {}
+
+    def forward(self, x: State, t: Tensor, cond: Any = None) -> State:
+        key = id(cond)
+        D = self.denoiser(x, t, cond, self_cond=self.last.get(key))
+        self.last[key] = D
+        return D
+
+
 @dataclass
 class Sampled:
     x0: State
@@ -150,7 +168,7 @@ def sample_batch(denoiser, like: State, cond: Any, noise: ExampleNoise, spec: Sa
         like, cond = like.to(dtype=spec.dtype), _cast(cond, spec.dtype)
         if constraint is not None:
             constraint = Inpaint(constraint.known.to(dtype=spec.dtype), constraint.mask, constraint.process)
-    counted = CountCalls(denoiser)
+    counted = CountCalls(SelfConditioned(denoiser) if getattr(denoiser, "self_conditioning", False) else denoiser)
     den = counted
     if spec.guidance > 0:
         if null is None:

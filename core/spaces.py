@@ -3,10 +3,15 @@
 A space projects a field into itself, turns standard Gaussian draws into noise of the space, and
 counts the degrees of freedom per example (what a likelihood integrates over). Masks (padded
 entries) are honoured by every space: masked entries are zero and carry no degree of freedom.
+
+Continuous spaces (``Euclidean``, ``ZeroMean``) are diffused along the process's Gaussian path,
+x_t = alpha x0 + sigma eps. A ``Categorical`` field is diffused by masking and sampled by jumps
+(see the class); samplers, objectives and the denoiser ask ``space.categorical``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +64,7 @@ class Space:
     """Base class: the whole ambient space of the field (Euclidean)."""
 
     name = "space"
+    categorical = False
 
     def project(self, x: Tensor, layout: Layout) -> Tensor:
         raise NotImplementedError
@@ -132,6 +138,113 @@ class ZeroMean(Space):
         else:
             per_point = float(torch.tensor(x.shape[2:]).prod()) if x.dim() > 2 else 1.0
         return entries - per_point  # (N_i - 1) * d
+
+
+def _uniform(z: Tensor) -> Tensor:
+    """Standard normal draws to uniforms on (0, 1): Phi(z), exactly uniform for normal z."""
+    return (0.5 * torch.erfc(-z.to(torch.float64) / math.sqrt(2.0))).clamp(1e-12, 1 - 1e-12)
+
+
+class Categorical(Space):
+    """A categorical field: one-hot rows over ``classes`` values plus a last "mask" class, diffused
+    by masking (the absorbing process of Austin et al. 2021; its continuous-time discrete flow:
+    Campbell et al. 2024, Gat et al. 2024; Sahoo et al. 2024):
+
+        x_t = mask with probability m(t) = t^p, else x0        (t = 0 data, t = 1 all masked)
+
+    (p = ``power``, 1 by default: the linear schedule; p > 1 unmasks earlier in sampling, so the
+    continuous fields see the classes for longer before the end.)
+
+    The network's output F for the field holds logits over the classes; the x0 estimate (what
+    samplers see) is the posterior mean of the one-hot x0: for a masked row softmax(F) over the
+    real classes, for an unmasked row the row itself ("carry-over": it is x0). A sampler step from
+    t to t_next < t unmasks each masked row with probability 1 - m(t_next)/m(t) and gives it a class
+    drawn from the x0 estimate (the exact reverse of masking for each row; rows unmasked in the
+    same step are drawn independently, so correlations between rows are exact as steps shrink);
+    unmasked rows stay. The training loss of
+    the field is the cross-entropy of F at the masked rows (the continuous-time ELBO's summand,
+    unweighted). The field's noise is standard normal like every field's: the space turns entries
+    into uniforms by the normal CDF (column K decides masking, columns 0..K-1 feed the Gumbel draw).
+    """
+
+    name = "categorical"
+    categorical = True
+
+    def __init__(self, classes: int, power: float = 1.0):
+        if int(classes) < 2:
+            raise ValueError(f"a categorical field needs at least 2 classes, got {classes}")
+        if not power > 0:
+            raise ValueError(f"the masking schedule's power must be > 0, got {power}")
+        self.classes, self.power = int(classes), float(power)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Categorical) and (other.classes, other.power) == (self.classes, self.power)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.classes, self.power))
+
+    def __repr__(self) -> str:
+        return f"Categorical({self.classes}, power={self.power:g})"
+
+    def masked_fraction(self, t):
+        """m(t) = t^p."""
+        return t**self.power
+
+    def project(self, x: Tensor, layout: Layout) -> Tensor:
+        m = _mask_like(layout, x)
+        return x if m is None else x * m.to(x.dtype)
+
+    def noise(self, z: Tensor, layout: Layout) -> Tensor:
+        return z
+
+    def dof(self, x: Tensor, layout: Layout) -> Tensor:
+        return torch.zeros(layout.batch_size, dtype=torch.float64, device=x.device)
+
+    def check(self, x: Tensor) -> None:
+        if x.shape[-1] != self.classes + 1:
+            raise ValueError(f"a Categorical({self.classes}) field has {self.classes + 1} columns (the classes and "
+                             f"the mask), got shape {tuple(x.shape)}")
+
+    def mask_token(self, like: Tensor) -> Tensor:
+        """Every row the mask class (the prior at t = 1)."""
+        out = torch.zeros_like(like)
+        out[..., self.classes] = 1
+        return out
+
+    def is_masked(self, x: Tensor) -> Tensor:
+        """(rows...) bool: the row holds the mask class."""
+        return x[..., self.classes] > 0.5
+
+    def diffuse(self, x0: Tensor, z: Tensor, t: Tensor) -> Tensor:
+        """x_t: each row masked with probability m(t) (``t`` broadcast to the field's rank)."""
+        masked = _uniform(z[..., self.classes]) < self.masked_fraction(t[..., 0].to(torch.float64))
+        return torch.where(masked.unsqueeze(-1), self.mask_token(x0), x0)
+
+    def posterior_mean(self, x_t: Tensor, logits: Tensor) -> Tensor:
+        """E[x0 | x_t]: softmax over the real classes at masked rows, the row itself elsewhere."""
+        p = torch.softmax(logits[..., :self.classes].to(torch.float64), dim=-1).to(x_t.dtype)
+        p = torch.cat([p, torch.zeros_like(p[..., :1])], dim=-1)
+        return torch.where(self.is_masked(x_t).unsqueeze(-1), p, x_t)
+
+    def jump(self, x_t: Tensor, D: Tensor, t: float, t_next: float, z: Tensor) -> Tensor:
+        """One step t -> t_next of the reverse process: a masked row is unmasked with probability
+        1 - m(t_next)/m(t), to a class drawn from D (Gumbel-max on uniforms from ``z``)."""
+        if t <= 0:
+            return x_t
+        masked = self.is_masked(x_t)
+        unmask = masked & (_uniform(z[..., self.classes]) < 1.0 - self.masked_fraction(t_next) / self.masked_fraction(t))
+        p = D[..., :self.classes].to(torch.float64).clamp_min(0)  # guidance may push entries below 0
+        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)
+        gumbel = -torch.log(-torch.log(_uniform(z[..., :self.classes])))
+        pick = torch.argmax(torch.log(p.clamp_min(1e-30)) + gumbel, dim=-1)
+        onehot = torch.nn.functional.one_hot(pick, self.classes + 1).to(x_t.dtype)
+        return torch.where(unmask.unsqueeze(-1), onehot, x_t)
+
+    def cross_entropy(self, logits: Tensor, x0: Tensor, x_t: Tensor) -> Tensor:
+        """Per-row cross-entropy of the logits against x0's class, at masked rows (0 elsewhere)."""
+        logp = torch.log_softmax(logits[..., :self.classes].to(torch.float64), dim=-1)
+        ce = -(logp * x0[..., :self.classes].to(torch.float64)).sum(-1)
+        return torch.where(self.is_masked(x_t), ce, torch.zeros_like(ce))
 
 
 SPACES = {"euclidean": Euclidean, "zero_mean": ZeroMean}

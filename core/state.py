@@ -51,9 +51,27 @@ class State:
             batch_size = next(iter(fields.values())).shape[0]
         return cls(fields, batch_size, spaces=spaces or {}, masks=masks or {})
 
+    def with_prefixed(self, other: "State", prefix: str) -> "State":
+        """This state plus ``other``'s fields under ``prefix + name`` (same batch; their layouts and
+        spaces come along)."""
+        if other.batch_size != self.batch_size:
+            raise ValueError(f"cannot merge a state of {other.batch_size} examples into one of {self.batch_size}")
+        p = {prefix + k: v for k, v in other.fields.items()}
+        return State({**self.fields, **p}, self.batch_size,
+                     {**self.index, **{prefix + k: v for k, v in other.index.items()}},
+                     {**self.masks, **{prefix + k: v for k, v in other.masks.items()}},
+                     {**self.spaces, **{prefix + k: v for k, v in other.spaces.items()}})
+
+    def categorical(self) -> list[str]:
+        """The names of the categorical fields."""
+        return [k for k in self.fields if self.space(k).categorical]
+
     def like(self, fields: Mapping[str, Tensor]) -> "State":
-        """A new state with the same layout and spaces and the given field tensors."""
-        return State(fields, self.batch_size, self.index, self.masks, self.spaces)
+        """A new state with the same layout and spaces and the given field tensors (the layout of
+        fields it leaves out is dropped)."""
+        index = self.index if all(k in fields for k in self.index) else {k: v for k, v in self.index.items() if k in fields}
+        masks = self.masks if all(k in fields for k in self.masks) else {k: v for k, v in self.masks.items() if k in fields}
+        return State(fields, self.batch_size, index, masks, self.spaces)
 
     # ---------------------------------------------------------------- access
     @property

@@ -135,6 +135,7 @@ class Trainer:
         self.objective = self.domain.build_objective(self.cfg)
         self.null = self.domain.null_condition(self.cfg, self.data_config)
         self.p_drop = float(self.cfg["objective"].get("condition_dropout", 0.0))
+        self.p_sc = float(self.cfg["objective"].get("self_conditioning", 0.0))
         self.found_inf = torch.zeros(1, dtype=torch.float32, device=self.device)
         self._one = torch.ones(1, dtype=torch.float32, device=self.device)
         # On the CPU nothing runs ahead of the host, so reading a scalar is free: skip decisions are
@@ -168,7 +169,7 @@ class Trainer:
         n = batch.x0.batch_size
         t = self.objective.sample_t(n, self.state.den.process, generator=torch.Generator().manual_seed(0),
                                     device=self.device)
-        eps = example_noise(batch.x0, range(n), 0)
+        eps = self.domain.align_noise(batch.x0, example_noise(batch.x0, range(n), 0), self.cfg)
         with self._autocast():
             self.loss_fn(batch.x0, batch.cond, t, eps).backward()
         flag = torch.tensor([float(any(p.grad is None for p in self.state.params))], device=self.device)
@@ -179,12 +180,13 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ one step
-    def step_draws(self, step: int) -> tuple[Tensor, Tensor | None]:
-        """Times and condition-dropout flags of the B positions of a step (CPU)."""
+    def step_draws(self, step: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Times, condition-dropout flags and self-conditioning flags of the B positions of a step (CPU)."""
         g = torch.Generator().manual_seed(mix_seed(self.tc.seed, TIME, step))
         t = self.objective.sample_t(self.B, self.state.den.process, generator=g)
         drop = torch.rand(self.B, generator=g) < self.p_drop if self.p_drop > 0 and self.null is not None else None
-        return t, drop
+        sc = torch.rand(self.B, generator=g) < self.p_sc if self.p_sc > 0 else None
+        return t, drop, sc
 
     def _drop(self, cond, drop: Tensor):
         if not isinstance(cond, Mapping):
@@ -197,7 +199,7 @@ class Trainer:
         even without clipping (for the log)."""
         st, dev = self.state, self.device
         # 1. the step's draws
-        t_all, drop_all = self.step_draws(step)
+        t_all, drop_all, sc_all = self.step_draws(step)
         loss_acc = torch.zeros((), dtype=torch.float64, device=dev)
         n_micro = len(self.plan.micro_slices)  # 1 without accumulation: no loss scaling then
         offset = self.ctx.rank * self.B_local
@@ -213,13 +215,14 @@ class Trainer:
             t = t_all[offset + a:offset + b].to(dev)
             if drop_all is not None and cond is not None:
                 cond = self._drop(cond, drop_all[offset + a:offset + b])
-            eps = example_noise(x0, mb.positions, mix_seed(self.tc.seed, NOISE))
+            eps = self.domain.align_noise(x0, example_noise(x0, mb.positions, mix_seed(self.tc.seed, NOISE)), self.cfg)
+            sc = sc_all[offset + a:offset + b].to(dev) if sc_all is not None else None
             seed_torch(mix_seed(self.tc.seed, NET, step, micro, self.ctx.rank), dev)  # the network's own randomness
             weight = (b - a) / self.B_local
             sync = self.forward_loss.no_sync() if self.ddp and micro < n_micro - 1 else contextlib.nullcontext()
             with sync:
                 with self._autocast():
-                    loss = self.forward_loss(x0, cond, t, eps)
+                    loss = self.forward_loss(x0, cond, t, eps, sc)
                 (loss if n_micro == 1 else loss * weight).backward()
             part = loss.detach().to(torch.float64)
             loss_acc = part if n_micro == 1 else loss_acc + part * weight
@@ -277,7 +280,7 @@ class Trainer:
         chunk = max(1, self.plan.micro_slices[0][1] - self.plan.micro_slices[0][0])
         return validation_losses(self.domain, self.objective, self.state, self.valid_set, self.data_config,
                                  n=min(len(self.valid_set), self.tc.val_batches * self.B), chunk=chunk,
-                                 seed=self.tc.seed, device=self.device, autocast=self._autocast)
+                                 seed=self.tc.seed, device=self.device, autocast=self._autocast, cfg=self.cfg)
 
     @torch.no_grad()
     def sample_metrics(self) -> dict:
@@ -343,6 +346,12 @@ class Trainer:
                     self.train_step(step, micro_iter, need_norm=due(tc.log_every, done))
                     self._take(window)
                     bar.advance()
+                    out_of_time = tc.max_minutes > 0 and self.train_time + window.time + time.perf_counter() - tick \
+                        >= 60.0 * tc.max_minutes
+                    if tc.max_minutes > 0:
+                        out_of_time = bool(self.ctx.broadcast(out_of_time))  # rank 0's clock decides for all
+                    if out_of_time:
+                        total = done  # the time budget ends the run here: every cadence is due now
                     if not any(due(e, done) for e in (tc.log_every, tc.val_every, tc.sample_every, tc.ckpt_every)):
                         continue
                     # scene 5: report and keep
@@ -367,6 +376,9 @@ class Trainer:
                             self.save(done)
                         else:  # keep the good checkpoints: none is written inside a run of bad steps
                             self.log({"step": done, "event": "checkpoint_skipped", "bad_run": self.state.bad_run})
+                    if out_of_time:
+                        self.log({"step": done, "event": "time_budget", "minutes": tc.max_minutes})
+                        break
                     tick = time.perf_counter()
         finally:
             close = getattr(micro_iter, "close", None)

@@ -16,6 +16,7 @@ class TrainConfig(Table):
     """The ``[train]`` table: every setting of the trainer, with its default."""
 
     steps: Annotated[int, Check(lo=0)] = 1000  # optimizer steps in all (raise it to continue a run)
+    max_minutes: Annotated[float, Check(lo=0)] = 0.0  # stop (with a checkpoint) after this much training time this session (0: off)
     batch_size: Annotated[int, Check(lo=1)] = 64  # examples per optimizer step, over all processes
     lr: Annotated[float, Check(lo=0, lo_open=True)] = 1e-4  # AdamW learning rate (peak)
     weight_decay: Annotated[float, Check(lo=0)] = 1e-12  # AdamW decoupled weight decay

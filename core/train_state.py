@@ -79,8 +79,8 @@ class _Loss(nn.Module):
         self.denoiser = denoiser
         self.objective = objective
 
-    def forward(self, x0: State, cond, t: Tensor, eps: State) -> Tensor:
-        return self.objective.per_example(self.denoiser, x0, t, eps, cond).mean()
+    def forward(self, x0: State, cond, t: Tensor, eps: State, self_cond: Tensor | None = None) -> Tensor:
+        return self.objective.per_example(self.denoiser, x0, t, eps, cond, self_cond=self_cond).mean()
 
 
 # ----------------------------------------------------------------------------- the training state
@@ -152,7 +152,7 @@ class TrainState:
 
 @torch.no_grad()
 def validation_losses(domain: Domain, objective, state: TrainState, examples: Sequence, data_config: dict, *, n: int,
-                      chunk: int, seed: int, device: torch.device, autocast) -> dict:
+                      chunk: int, seed: int, device: torch.device, autocast, cfg: dict) -> dict:
     """The loss of the model and of its EMA on the first ``n`` validation examples, with times and
     noise fixed by the seed: {"val_loss": ..., "val_loss_ema": ...}."""
     g = torch.Generator().manual_seed(mix_seed(seed, VAL))
@@ -167,7 +167,7 @@ def validation_losses(domain: Domain, objective, state: TrainState, examples: Se
                 b = min(n, a + chunk)
                 seed_everything(mix_seed(seed, VAL, a))
                 batch = domain.collate([examples[i] for i in range(a, b)], data_config).to(device)
-                eps = example_noise(batch.x0, range(a, b), mix_seed(seed, VAL))
+                eps = domain.align_noise(batch.x0, example_noise(batch.x0, range(a, b), mix_seed(seed, VAL)), cfg)
                 with autocast():
                     per = objective.per_example(den, batch.x0, t_all[a:b].to(device), eps, batch.cond)
                 total += float(per.to(torch.float64).sum())

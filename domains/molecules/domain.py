@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ...core import State, ZeroMean
+from ...core.spaces import Categorical
 from ...core.config import Annotated, Check, Table, one_of, specs_of_defaults
 from ...core.domain import Batch, Domain
 from ...core.io import InputError
@@ -28,6 +29,7 @@ from ...core.sampling import SampleConfig
 from .types import ATOMIC_NUMBER, Molecule, symbol
 
 NETWORKS = ("egnn", "e3nn")
+ATOM_TYPES = ("onehot", "categorical")
 
 
 def _network_defaults(name: str) -> dict | None:
@@ -69,6 +71,9 @@ class MoleculesData(Table):
     valid_every: Annotated[int, Check(lo=0)] = 10  # user data: every n-th molecule is validation (0/1: none)
     cache_dir: str = ""  # where the QM9 conversion is cached (default: the user cache)
     seed: Annotated[int, Check(lo=0)] = 0  # user data: the order of SMILES conformer generation
+    atom_types: Annotated[str, one_of(ATOM_TYPES)] = "onehot"  # onehot: EDM's continuous one-hot; categorical: masked
+    type_power: Annotated[float, Check(lo=0, lo_open=True)] = 1.0  # categorical: masked fraction t^power
+    align: Annotated[str, one_of(("none", "ot"))] = "none"  # training noise: as drawn, or rotated and permuted within elements to the molecule (align.py)
 
 
 @dataclass(frozen=True)
@@ -219,28 +224,46 @@ class MoleculesDomain(Domain):
             "size_counts": sizes.tolist(),
             "max_atoms": int(len(sizes) - 1),
             "properties": props,
+            # how atom types are represented (collate, template and the network read it)
+            "representation": {"atom_types": data_cfg.get("atom_types", "onehot"),
+                               "type_power": float(data_cfg.get("type_power", 1.0))},
         }
 
-    def features(self, molecule: Molecule, data_config: dict) -> torch.Tensor:
-        """h = [one-hot / 4, Z / 10] (float32, atoms x (K+1))."""
-        zs = data_config["atomic_numbers"]
-        lookup = {z: i for i, z in enumerate(zs)}
+    def element_columns(self, molecule: Molecule, data_config: dict) -> torch.Tensor:
+        """(atoms,) long: each atom's column in the model's element set."""
+        lookup = {z: i for i, z in enumerate(data_config["atomic_numbers"])}
         try:
-            cols = [lookup[int(z)] for z in molecule.atomic_numbers]
+            return torch.tensor([lookup[int(z)] for z in molecule.atomic_numbers], dtype=torch.long)
         except KeyError as e:
             raise InputError(f"molecule {molecule.name!r}: element Z={e.args[0]} is not in the model's element set "
                              f"{data_config['elements']}") from None
-        onehot = torch.zeros(molecule.num_atoms, len(zs))
-        onehot[torch.arange(molecule.num_atoms), torch.tensor(cols)] = 1.0
+
+    def features(self, molecule: Molecule, data_config: dict, atom_types: str = "onehot") -> torch.Tensor:
+        """h (float32, atoms x (K+1)): EDM's [one-hot / 4, Z / 10], or for categorical types the
+        one-hot over the K elements and the mask class."""
+        cols = self.element_columns(molecule, data_config)
+        k = len(data_config["atomic_numbers"])
+        onehot = torch.nn.functional.one_hot(cols, k + (atom_types == "categorical")).float()
+        if atom_types == "categorical":
+            return onehot
         z = torch.as_tensor(molecule.atomic_numbers, dtype=torch.float32).unsqueeze(1)
         return torch.cat([onehot / NORM_ONEHOT, z / NORM_CHARGE], dim=1)
 
+    @staticmethod
+    def spaces(data_cfg: dict, data_config: dict) -> dict:
+        """The fields' spaces: zero-centre-of-mass positions; categorical types when asked."""
+        spaces = {"pos": ZeroMean()}
+        if data_cfg.get("atom_types", "onehot") == "categorical":
+            spaces["h"] = Categorical(len(data_config["atomic_numbers"]), float(data_cfg.get("type_power", 1.0)))
+        return spaces
+
     def collate(self, examples: Sequence[Molecule], data_config: dict) -> Batch:
+        data_cfg = data_config.get("representation", {})
         pos = torch.cat([torch.as_tensor(m.positions, dtype=torch.float32) for m in examples])
-        h = torch.cat([self.features(m, data_config) for m in examples])
+        h = torch.cat([self.features(m, data_config, data_cfg.get("atom_types", "onehot")) for m in examples])
         idx = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor([m.num_atoms for m in examples]))
         x0 = State({"pos": pos, "h": h}, len(examples), index={"pos": idx, "h": idx},
-                   spaces={"pos": ZeroMean()}).project()
+                   spaces=self.spaces(data_cfg, data_config)).project()
         names = conditioning_order(data_config)
         if not names:
             return Batch(x0, None)
@@ -250,19 +273,33 @@ class MoleculesDomain(Domain):
         return Batch(x0, {"properties": vals, "properties_mask": torch.ones(len(examples), dtype=torch.bool)})
 
     # ------------------------------------------------------------------ model
-    def build_network(self, model_cfg: dict, data_config: dict) -> torch.nn.Module:
+    def build_network(self, model_cfg: dict, data_config: dict, self_conditioning: bool = False) -> torch.nn.Module:
         num_features = len(data_config["atomic_numbers"]) + 1
         num_props = len(data_config.get("properties") or {})
         kind = (model_cfg or {}).get("network", "egnn")
         if kind == "egnn":
             from .egnn import build_egnn
 
-            return build_egnn(model_cfg, num_features, num_props)
+            return build_egnn(model_cfg, num_features, num_props, self_conditioning=self_conditioning)
+        if self_conditioning:
+            raise InputError("molecules: self-conditioning (objective.self_conditioning > 0) needs model.network = \"egnn\"")
         if kind == "e3nn":
             from .e3nn_net import build_e3nn
 
             return build_e3nn(model_cfg, num_features, num_props)
         raise InputError(f"molecules: unknown model.network '{kind}' (use 'egnn' or 'e3nn')")
+
+    def align_noise(self, x0: State, eps: State, cfg: dict) -> State:
+        """With ``data.align = "ot"``: the position noise rotated and permuted within each element
+        to lie closest to the molecule (Kabsch + Hungarian, ``align.align_noise``); the type noise
+        stays with its atom's row."""
+        if (cfg.get("data") or {}).get("align", "none") != "ot":
+            return eps
+        from .align import align_noise
+
+        elements = x0["h"][:, :-1].argmax(dim=1)  # (the last column is Z/10 or the mask class)
+        z = align_noise(x0["pos"], eps["pos"], elements, x0.index["pos"], x0.batch_size).noise
+        return eps.like({**eps.fields, "pos": z.to(eps["pos"].dtype)})
 
     def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
         if not data_config.get("properties"):
@@ -284,7 +321,7 @@ class MoleculesDomain(Domain):
         k = len(data_config["atomic_numbers"]) + 1
         idx = torch.repeat_interleave(torch.arange(len(seeds)), torch.tensor(sizes))
         x0 = State({"pos": torch.zeros(n, 3), "h": torch.zeros(n, k)}, len(seeds), index={"pos": idx, "h": idx},
-                   spaces={"pos": ZeroMean()})
+                   spaces=self.spaces(data_config.get("representation", {}), data_config))
         values = requested_properties(cfg, data_config)
         if values is None:
             return Batch(x0, None)

@@ -30,7 +30,7 @@ about 2x cheaper).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,7 @@ EGNN_DEFAULTS: dict = {
     "time_embedding": 0,  # 0: t concatenated as one feature (EDM); n > 0: n sinusoidal features
     "condition_time": True,
     "coord_init_gain": 0.001,  # xavier gain of the last coordinate layer (EDM's choice)
+    "position_output": "delta",  # delta: F_pos = the net's displacement of x (EDM, eps/velocity); absolute: its output position (x0)
 }
 
 # Keys a config may carry for the caller's dispatch; ignored by the builders.
@@ -316,7 +317,7 @@ class EquivariantBlock(nn.Module):
 class EGNN(nn.Module):
     """The bare network on a sparse graph: (h (N, in), pos (N, 3), row, col) -> (h (N, out), pos (N, 3))."""
 
-    def __init__(self, in_features: int, out_features: int, **options):
+    def __init__(self, in_features: int, out_features: int, extra_edge_distances: int = 0, **options):
         super().__init__()
         cfg = merge_config(EGNN_DEFAULTS, options, "EGNN")
         if cfg["aggregation"] not in ("sum", "mean"):
@@ -325,7 +326,8 @@ class EGNN(nn.Module):
         hidden = int(cfg["hidden"])
         n_freq = int(cfg["distance_embedding"] or 0)
         self.embed_distance = DistanceEmbedding(n_freq) if n_freq > 0 else nn.Identity()
-        edge_dim = 2 * (2 * n_freq if n_freq > 0 else 1)  # current + input distances
+        per_distance = 2 * n_freq if n_freq > 0 else 1
+        edge_dim = (2 + int(extra_edge_distances)) * per_distance  # current + input (+ given) distances
         self.embedding = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden, int(cfg["sublayers"]), edge_dim, cfg) for _ in range(int(cfg["layers"]))
@@ -333,11 +335,12 @@ class EGNN(nn.Module):
         self.embedding_out = nn.Linear(hidden, out_features) if out_features > 0 else None
 
     def forward(self, h: Tensor, pos: Tensor, row: Tensor, col: Tensor,
-                cutoff: float | None = None) -> tuple[Tensor | None, Tensor]:
+                cutoff: float | None = None, edge_d2: Sequence[Tensor] = ()) -> tuple[Tensor | None, Tensor]:
         """``cutoff``: weight every edge by 0.5 (cos(pi d / cutoff) + 1) of its input distance d (the
-        graph must hold only pairs with d <= cutoff), so messages vanish continuously at the cutoff."""
+        graph must hold only pairs with d <= cutoff), so messages vanish continuously at the cutoff.
+        ``edge_d2``: more squared distances per edge (invariant inputs, e.g. of an x0 estimate)."""
         d2, _ = edge_geometry(pos, row, col, self.cfg["norm_constant"])
-        initial_attr = self.embed_distance(d2)
+        initial_attr = torch.cat([self.embed_distance(d) for d in (d2, *edge_d2)], dim=-1)
         weight = None
         if cutoff is not None:
             d = torch.sqrt(d2 + 1e-12).clamp(max=float(cutoff))
@@ -358,17 +361,31 @@ class EGNNDynamics(nn.Module):
     """
 
     def __init__(self, num_features: int, num_properties: int = 0, pos_field: str = "pos", h_field: str = "h",
-                 **options):
+                 self_conditioning: bool = False, **options):
         super().__init__()
         cfg = merge_config(EGNN_DEFAULTS, options, "EGNN")
+        if cfg["position_output"] not in ("delta", "absolute"):
+            raise ValueError(f"unknown position_output '{cfg['position_output']}'; known: 'delta', 'absolute'")
         self.cfg = cfg
         self.num_features = int(num_features)
         self.num_properties = int(num_properties)
         self.pos_field, self.h_field = pos_field, h_field
+        self.self_conditioning = bool(self_conditioning)
         in_features = (self.num_features + time_input_dim(int(cfg["time_embedding"] or 0), cfg["condition_time"])
                        + (self.num_properties + 1 if self.num_properties > 0 else 0))
+        if self.self_conditioning:  # the estimate's types and its distance to each atom
+            in_features += self.num_features + 1
         in_features = max(in_features, 1)
-        self.egnn = EGNN(in_features, self.num_features, **cfg)
+        self.egnn = EGNN(in_features, self.num_features, extra_edge_distances=int(self.self_conditioning), **cfg)
+
+    def self_condition_inputs(self, x, row: Tensor, col: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Invariant inputs from the x0 estimate (fields "sc:pos", "sc:h"): per atom its estimated
+        type and log(1 + d^2) of the distance to its estimated position, per edge log(1 + d^2) of
+        the estimated distance (the logarithm keeps an untrained model's wild estimates tame)."""
+        pos, sc_pos = x[self.pos_field], x["sc:" + self.pos_field]
+        nodes = [x["sc:" + self.h_field].to(pos.dtype), torch.log1p((sc_pos - pos).pow(2).sum(-1, keepdim=True))]
+        d2 = (sc_pos.index_select(0, row) - sc_pos.index_select(0, col)).pow(2).sum(-1, keepdim=True)
+        return nodes, [torch.log1p(d2)]
 
     def forward(self, x, t: Tensor, cond: Any = None):
         pos = x[self.pos_field]
@@ -379,20 +396,26 @@ class EGNNDynamics(nn.Module):
                             time_embedding=int(self.cfg["time_embedding"] or 0),
                             condition_time=self.cfg["condition_time"], dtype=pos.dtype, device=pos.device)
         row, col = build_edges(pos, index, B, self.cfg["edges"], self.cfg["cutoff"], self.cfg["max_neighbours"])
+        edge_d2: list[Tensor] = []
+        if self.self_conditioning:
+            nodes, edge_d2 = self.self_condition_inputs(x, row, col)
+            feats = torch.cat([feats, *nodes], dim=-1)
         smooth = self.cfg["edges"] == "radius" and bool(self.cfg["smooth_cutoff"])
-        h_out, pos_out = self.egnn(feats, pos, row, col, cutoff=float(self.cfg["cutoff"]) if smooth else None)
-        eps_pos = remove_mean((pos_out - pos).to(pos.dtype), index, B)
-        fields = {self.pos_field: eps_pos}
+        h_out, pos_out = self.egnn(feats, pos, row, col, cutoff=float(self.cfg["cutoff"]) if smooth else None,
+                                   edge_d2=edge_d2)
+        out_pos = pos_out - pos if self.cfg["position_output"] == "delta" else pos_out
+        fields = {self.pos_field: remove_mean(out_pos.to(pos.dtype), index, B)}
         if h_out is not None:
             fields[self.h_field] = h_out.to(x[self.h_field].dtype)
         return x.like(fields)
 
 
-def build_egnn(model_cfg: Mapping | None, num_features: int, num_properties: int = 0) -> EGNNDynamics:
+def build_egnn(model_cfg: Mapping | None, num_features: int, num_properties: int = 0,
+               self_conditioning: bool = False) -> EGNNDynamics:
     """An :class:`EGNNDynamics` from a config dict (keys of ``EGNN_DEFAULTS``; EDM's QM9 network by
     default). Keys "name"/"network"/"type"/"arch"/"architecture" are ignored; others raise."""
     cfg = merge_config(EGNN_DEFAULTS, model_cfg, "EGNN")
-    return EGNNDynamics(num_features, num_properties, **cfg)
+    return EGNNDynamics(num_features, num_properties, self_conditioning=self_conditioning, **cfg)
 
 
 def count_parameters(module: nn.Module) -> int:

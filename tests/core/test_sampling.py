@@ -102,3 +102,40 @@ def test_float64_sampling_casts_the_state():
     like = ring.state(torch.zeros(4, 2))
     out = sample_batch(den, like, None, ExampleNoise(range(4)), _spec(proc, steps=4, dtype="float64"))
     assert out.x0["x"].dtype == torch.float64
+
+
+class Echo(torch.nn.Module):
+    """x0-prediction that records the self-conditioning input it sees and returns x + 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, t, cond=None):
+        self.seen.append(x["sc:x"].clone())
+        return x.like({"x": x["x"] + 1.0})
+
+
+def test_self_conditioning_feeds_the_previous_estimate():
+    """Samplers pass each call the previous call's D (zeros at the first); the objective makes the
+    estimate with a first pass, for the examples chosen, without gradient."""
+    from sciffusion.core.objectives import DiffusionObjective
+    from sciffusion.core.parameterisation import Denoiser
+    from sciffusion.core.state import State
+
+    net = Echo()
+    den = Denoiser(net, VPCosine(), "x0", self_conditioning=True)
+    like = State.dense(x=torch.zeros(3, 2, dtype=torch.float64))
+    out = sample_batch(den, like, None, ExampleNoise(range(3)), _spec(VPCosine(), sampler="euler", steps=3))
+    assert torch.equal(net.seen[0], torch.zeros(3, 2, dtype=torch.float64))
+    assert out.network_calls == 3 and len(net.seen) == 3
+    for before, now in zip(net.seen[1:], net.seen[2:]):
+        assert not torch.equal(before, now)
+    net.seen.clear()
+    x0 = State.dense(x=torch.randn(4, 2))
+    t = torch.full((4,), 0.5)
+    DiffusionObjective().per_example(den, x0, t, x0.map(lambda k, v: torch.randn_like(v)),
+                                     self_cond=torch.tensor([True, False, True, False]))
+    first, second = net.seen
+    assert torch.equal(first, torch.zeros(4, 2))  # the first pass sees no estimate
+    assert bool((second[[1, 3]] == 0).all()) and bool((second[[0, 2]] != 0).all())

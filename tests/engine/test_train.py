@@ -485,7 +485,18 @@ def test_sample_metrics_are_logged_and_checkpointed(points2d, points_data, tmp_p
     cfg = _cfg(points2d, points_data, steps=2, sample_every=2, sample_n=6)
     cfg["sample"].update({"steps": 4, "guidance": 1.0, "batch_size": 4})
     res = train(points2d, cfg, tmp_path / "run", device="cpu", progress=False)
-    assert res.metrics["sample/n"] == 6.0 and 0.0 <= res.metrics["sample/valid"] <= 1.0
+    from dataclasses import replace
+
+    from sciffusion.core.sampling import SampleSpec, generate_batch  # the logged figures are those of the EMA
+    den_ema, ckpt = load_denoiser(res.checkpoint)  # sampled again through the one sampling path, seeds 0..5
+    spec = SampleSpec.from_config(cfg["sample"], den_ema.process)
+    with torch.no_grad():
+        made = [generate_batch(points2d, den_ema, s, cfg, ckpt.data_config, spec) for s in ([0, 1, 2, 3], [4, 5])]
+        plain = generate_batch(points2d, den_ema, [0], cfg, ckpt.data_config, replace(spec, guidance=0.0))
+    again = points2d.metrics([o for b in made for o in points2d.decode(b.x0, b.cond, ckpt.data_config)], ckpt.data_config)
+    assert {k: v for k, v in res.metrics.items() if k.startswith("sample/")} == pytest.approx(
+        {**{f"sample/{k}": v for k, v in again.items()}, "sample/network_calls": made[0].network_calls})
+    assert res.metrics["sample/n"] == 6.0 and res.metrics["sample/network_calls"] == 2 * plain.network_calls  # guided
     assert load_checkpoint(res.checkpoint).meta["metrics"]["sample/n"] == 6.0
     assert any("sample/shape_error" in r for r in _log(tmp_path / "run"))
     den, _ = load_denoiser(tmp_path / "run")
@@ -521,3 +532,17 @@ def test_read_log_skips_a_torn_line_and_takes_the_folder_or_the_file(tmp_path):
     assert read_log(tmp_path) == read_log(tmp_path / "log.jsonl") == [{"step": 0, "event": "start"},
                                                                     {"step": 10, "loss": 0.5}]
     assert read_log(tmp_path / "elsewhere") == []
+
+
+def test_a_time_budget_ends_the_run_with_a_checkpoint(points2d, points_data, tmp_path):
+    """train.max_minutes stops at the first step past the budget, checkpoints it and logs why; the
+    run resumes from there like any other."""
+    cfg = _cfg(points2d, points_data, steps=100000, max_minutes=0.01, log_every=0, ckpt_every=0)
+    res = train(points2d, cfg, tmp_path / "run", device="cpu", progress=False)
+    assert 0 < res.step < 100000
+    events = [r for r in _log(tmp_path / "run") if r.get("event") == "time_budget"]
+    assert events == [{"step": res.step, "event": "time_budget", "minutes": 0.01}]
+    assert res.checkpoint.name == f"step-{res.step:08d}"
+    more = train(points2d, resolve_config(points2d, cfg, ["train.max_minutes=0", f"train.steps={res.step + 2}"]),
+                 tmp_path / "run", device="cpu", progress=False)
+    assert more.step == res.step + 2

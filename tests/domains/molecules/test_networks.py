@@ -308,3 +308,53 @@ def test_unknown_options_raise():
     with pytest.raises(ValueError, match="edges"):
         x, t, _ = make_batch()
         build_egnn({"hidden": 8, "layers": 1, "edges": "knn"}, F).double()(x, t)
+
+
+# ----------------------------------------------------------------------------- self-conditioning
+
+
+def _with_estimate(x, seed=7):
+    """x plus an x0 estimate ("sc:pos" zero-centred, "sc:h" type probabilities) of the same layout."""
+    g = torch.Generator().manual_seed(seed)
+    est = x.like({"pos": x["pos"] + torch.randn(x["pos"].shape, generator=g, dtype=x["pos"].dtype),
+                  "h": torch.softmax(torch.randn(x["h"].shape, generator=g, dtype=x["h"].dtype), -1)}).project()
+    return x.with_prefixed(est, "sc:")
+
+
+@pytest.fixture(scope="module", params=["delta", "absolute"])
+def sc_net(request):
+    torch.manual_seed(0)
+    return build64(lambda: build_egnn({"hidden": 16, "layers": 2, "coord_init_gain": 1.0,
+                                       "position_output": request.param}, F, P, self_conditioning=True)).eval()
+
+
+def _moved(x, fn):
+    """x with fn applied to its two position fields (the state's and the estimate's)."""
+    return x.like({**x.fields, "pos": fn(x["pos"]), "sc:pos": fn(x["sc:pos"])})
+
+
+@pytest.mark.parametrize("det", [1.0, -1.0], ids=["rotation", "reflection"])
+def test_self_conditioned_egnn_is_equivariant(sc_net, det):
+    x, t, cond = make_batch()
+    x = _with_estimate(x)
+    R = orthogonal(det, seed=4)
+    with torch.no_grad():
+        out, out_r = sc_net(x, t, cond), sc_net(_moved(x, lambda p: p @ R.T), t, cond)
+        shifts = torch.randn(len(SIZES), 3, dtype=torch.float64)[x.index["pos"]] * 3
+        out_s = sc_net(_moved(x, lambda p: p + shifts), t, cond)
+    assert float(out["pos"].abs().max()) > 1e-3
+    close(out_r["pos"], out["pos"] @ R.T, 1e-10)
+    close(out_r["h"], out["h"], 1e-10)
+    close(out_s["pos"], out["pos"], 1e-10)  # the output is zero-centred: translations drop out
+    close(out_s["h"], out["h"], 1e-10)
+
+
+def test_the_estimate_reaches_the_output_and_batches_stay_independent(sc_net):
+    x, t, cond = make_batch()
+    a, b = _with_estimate(x, seed=7), _with_estimate(x, seed=8)
+    with torch.no_grad():
+        out_a, out_b = sc_net(a, t, cond), sc_net(b, t, cond)
+        alone = sc_net(a.select([1]), t[1:2], {k: v[1:2] for k, v in cond.items()})
+    assert float((out_a["pos"] - out_b["pos"]).abs().max()) > 1e-4  # the estimate is an input
+    close(alone["pos"], out_a["pos"][a.index["pos"] == 1], 1e-10)
+    close(alone["h"], out_a["h"][a.index["pos"] == 1], 1e-10)
