@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .core.checkpoint import load_checkpoint
-from .core.domain import Domain, resolve_config
+from .core.domain import Domain, check_data_paths, resolve_config
 from .core.io import InputError
 from .core.registry import available, get_domain
 
@@ -37,10 +37,15 @@ def domains() -> list[dict]:
     return out
 
 
-def config(domain: str | Domain, config_file: str | Path | dict | None = None, overrides: Sequence[str] = ()) -> dict:
-    """The resolved configuration of a run (engine defaults < domain defaults < file < overrides)."""
+def config(domain: str | Domain, config_file: str | Path | dict | None = None, overrides: Sequence[str] = (),
+           *, check_paths: bool = True) -> dict:
+    """The resolved, checked configuration of a run (engine defaults < domain defaults < file <
+    overrides); with ``check_paths`` the data files it names must exist."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
-    return resolve_config(dom, config_file, overrides)
+    cfg = resolve_config(dom, config_file, overrides)
+    if check_paths:
+        check_data_paths(dom, cfg)
+    return cfg
 
 
 def train(domain: str | Domain, config: dict | str | Path | None = None, out: str | Path = "runs/latest", *,

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import platform
+import sys
+import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_package() -> None:
+    """Make ``sciffusion`` importable: the installed package, else the repository root (pyproject maps
+    the package onto it, so the benches run from a plain checkout too)."""
+    try:
+        import sciffusion  # noqa: F401
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("sciffusion", ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sciffusion"] = module
+        spec.loader.exec_module(module)
 
 
 def cpu_model() -> str:
@@ -47,25 +65,32 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def run_header(script: str, argv: list[str], device) -> list[str]:
-    """The date, machine, device and command lines that head every appended run."""
+def run_header(script: str, argv: list[str], device, extra: list[str] = ()) -> list[str]:
+    """The date, machine, device(s), versions and command line that head every appended run;
+    ``device`` is one torch device or a list of them, ``extra`` more lines (other versions, runtime)."""
     import datetime as dt
     import os
+    import shlex
 
     import torch
 
+    devices = device if isinstance(device, (list, tuple)) else [device]
     return [
         f"- date (UTC): {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S}",
         f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores (torch threads: {torch.get_num_threads()})",
-        f"- device: {device_name(device)}; torch {torch.__version__}",
-        f"- command: `python bench/{script} {' '.join(argv)}`",
+        f"- device: {', '.join(device_name(d) for d in devices)}; torch {torch.__version__}",
+        f"- command: `{shlex.join(['python', f'bench/{script}', *argv])}`",
+        *extra,
     ]
 
 
 def append_results(section: str, text: str) -> Path:
+    """Append one run under a ``## section`` heading to bench/RESULTS.md (created when missing)."""
     path = Path(__file__).resolve().parent / "RESULTS.md"
+    if not path.exists():
+        path.write_text("# Benchmark results\n")
     with open(path, "a") as f:
-        f.write(f"\n## {section}\n\n" + text)
+        f.write(f"\n## {section}\n\n" + text.rstrip() + "\n")
     return path
 
 
@@ -125,3 +150,54 @@ def bench_device(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_overrides(values: list[str]) -> list[str]:
+    """Dotted ``sample.KEY=VALUE`` overrides, as on the ``sciffusion sample`` command line (they mean
+    what they mean there: they go through ``core.domain.resolve_config``); anything else is refused."""
+    bad = [v for v in values if not v.startswith("sample.") or "=" not in v]
+    if bad:
+        raise SystemExit(f"not a sample.KEY=VALUE override: {', '.join(bad)}")
+    return list(values)
+
+
+def timed_generation(domain, denoiser, seeds: list[int], cfg: dict, data_config: dict, spec, device, batch: int,
+                     decode: bool = False) -> tuple[float, int]:
+    """Wall seconds of the one sampling path (``core.sampling.generate_batch``: template, constraint,
+    prior, guidance, sampler) over ``seeds`` in batches of ``batch`` (and the domain's ``decode`` when
+    asked), and the network calls one sample took, as the sampling path counted them."""
+    import torch
+
+    from sciffusion.core.sampling import generate_batch, guidance_null
+
+    null = guidance_null(domain, cfg, data_config, spec)
+    calls = 0
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(seeds), batch):
+            made = generate_batch(domain, denoiser, seeds[i:i + batch], cfg, data_config, spec, device=device, null=null)
+            calls = max(calls, made.network_calls)
+            if decode:
+                domain.decode(made.x0, made.cond, data_config)
+    sync(device)
+    return time.perf_counter() - t0, calls
+
+
+def counted_calls(domain, process, seeds: list[int], cfg: dict, data_config: dict, spec) -> int:
+    """Network calls one sample of ``spec`` takes, counted by the sampling path on a stand-in network
+    of no cost (x0-hat = 0) with the model's ``process``: the count of a run too long to time whole."""
+    import torch
+
+    class Free(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.process = process
+
+        def forward(self, x, t, cond=None):
+            return x * 0.0
+
+    return timed_generation(domain, Free(), seeds, cfg, data_config, spec, torch.device("cpu"), len(seeds))[1]

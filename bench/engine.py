@@ -1,5 +1,6 @@
-"""Engine benchmark: what the trainer costs over a bare PyTorch loop (and, when present, batch
-generation throughput: ``bench_generation``).
+"""Engine benchmark: what the trainer costs over a bare PyTorch loop, and batch generation
+throughput (``bench_generation``: the one sampling path, decode, and the whole ``sample()`` call,
+with the network calls per sample that the sampling path counted).
 
 Trainer overhead. The points2d test plugin's EGNN (hidden 64, 3 layers, ~92k parameters) on 300
 generated point clouds, global batch 64, float32 (no bf16 autocast in any row, so the rows compare
@@ -35,11 +36,7 @@ and CUDA too when there is one).
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.util
-import os
-import platform
-import shlex
+import importlib
 import statistics
 import sys
 import tempfile
@@ -49,23 +46,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model  # noqa: E402
+from common import append_results, import_package, run_header, sync, timed_generation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 PLUGIN = ROOT / "tests" / "plugins" / "points2d"
-
-
-def _import_package() -> None:
-    """Make ``sciffusion`` importable when the project is not installed (it maps onto the repo root)."""
-    try:
-        import sciffusion  # noqa: F401
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("sciffusion", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["sciffusion"] = module
-        spec.loader.exec_module(module)
 
 
 def _points2d():
@@ -76,11 +60,6 @@ def _points2d():
     import sciffusion_points2d
 
     return sciffusion_points2d
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _clock(device: torch.device):
@@ -102,7 +81,7 @@ def bench_trainer(device: torch.device | str | None = None, *, steps: int = 40, 
     the median over ``repeats`` runs. The runs are interleaved (reference, trainer, bare loop,
     reference, ...) and the ratio is the median over repeats of a run's time over the mean of the
     two reference runs around it, which cancels the drifts of a shared machine."""
-    _import_package()
+    import_package()
     from sciffusion.core.domain import resolve_config
     from sciffusion.core.objectives import drop_condition
     from sciffusion.core.train import batch_indices, train
@@ -162,7 +141,7 @@ def bench_trainer(device: torch.device | str | None = None, *, steps: int = 40, 
                 if shadow is not None:
                     with torch.no_grad():
                         torch._foreach_lerp_(shadow, params, 1.0 - 0.999)
-            _sync(device)
+            sync(device)
             return timed_steps()
 
         def trainer(i: int) -> float:
@@ -225,8 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu, and cuda when available)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: steady timings on a shared machine; 0: torch's default)")
-    parser.add_argument("--steps", type=int, default=40, help="timed steps per run (default 40)")
-    parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions (default 9)")
+    parser.add_argument("--steps", type=int, default=40, help="timed trainer steps per run (default 40)")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved trainer repetitions (default 9)")
+    parser.add_argument("--samples", type=int, default=2048, help="samples per batch generation run (default 2048)")
+    parser.add_argument("--batch", type=int, default=256, help="batch generation's sample.batch_size (default 256)")
+    parser.add_argument("--sample-steps", type=int, default=20, help="batch generation's sample.steps (default 20)")
     args_list = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(args_list)
     if args.threads > 0:
@@ -235,43 +217,21 @@ def main(argv: list[str] | None = None) -> None:
         [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     start = time.perf_counter()
 
-    sections: list[str] = []
     rows: list[dict] = []
     for dev in devices:
         rows += bench_trainer(dev, steps=args.steps, repeats=args.repeats)
-    sections += ["### Trainer overhead (points2d EGNN, hidden 64, 3 layers, batch 64, float32, fused AdamW)", ""]
-    sections += _trainer_rows_text(rows)
+    sections = ["### Trainer overhead (points2d EGNN, hidden 64, 3 layers, batch 64, float32, fused AdamW)", "",
+                *_trainer_rows_text(rows)]
+    for dev in devices:
+        out = bench_generation(dev, n=args.samples, batch=args.batch, steps=args.sample_steps)
+        sections += ["", f"### Batch generation ({dev})", "", markdown_table(out)]
 
-    # Generation throughput: the other half of this benchmark, when its function is in this module.
-    generation = globals().get("bench_generation")
-    if callable(generation):
-        for dev in devices:
-            out = generation(dev)
-            sections += ["", f"### Batch generation ({dev})", ""]
-            sections.append(out if isinstance(out, str) else markdown_table(out))
-
-    names = ", ".join(torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu" for d in devices)
-    text = "\n".join([
-        "## Engine: trainer overhead" + (" and batch generation" if callable(generation) else ""),
-        "",
-        f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}",
-        f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores "
-        f"(torch threads: {torch.get_num_threads()})",
-        f"- device: {names}",
-        f"- torch {torch.__version__}",
-        f"- command: `{shlex.join(['python', 'bench/engine.py'] + args_list)}`",
-        f"- total runtime: {time.perf_counter() - start:.0f} s",
-        "",
-        *sections,
-    ])
-    print(text)
+    header = run_header("engine.py", args_list, devices, [f"- total runtime: {time.perf_counter() - start:.0f} s"])
+    text = "\n".join([*header, "", *sections]) + "\n"
+    title = "Engine: trainer overhead and batch generation"
+    print(f"## {title}\n\n{text}")
     if not args.no_append:
-        if not RESULTS.exists():
-            RESULTS.write_text("# Benchmark results\n")
-        with RESULTS.open("a") as f:
-            f.write("\n" + text.rstrip() + "\n")
-        print(f"\nappended to {RESULTS}", file=sys.stderr)
-
+        print(f"\nappended to {append_results(title, text)}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- batch generation
@@ -296,22 +256,22 @@ def _register_points2d(folder: Path) -> None:
 
 def bench_generation(device: torch.device | str | None = None, *, n: int = 2048, batch: int = 256, steps: int = 20,
                      sampler: str = "dpmpp_2m", hidden: int = 64, layers: int = 3, repeats: int = 3) -> list[dict]:
-    """Samples per second of batch generation (points2d EGNN, random weights, DPM-Solver++ 2M on
-    the Karras grid), three ways: the sampling loop alone (template, prior, sampler); plus the
-    domain's decode; and the whole ``sciffusion.core.generate.sample`` call into a temporary
-    folder (checkpoint load, decode, one CSV file per sample written atomically on the writer
-    thread, manifest parts, manifest.jsonl, run.json). Best of ``repeats`` interleaved runs.
-    Returns table rows (dicts: device, what, n, batch, steps, NFE, seconds, samples/s, vs sampling only)."""
-    _import_package()
+    """Samples per second of batch generation (points2d EGNN, random weights, ``sampler`` on the
+    Karras grid), three ways: the one sampling path alone (``core.sampling.generate_batch``:
+    template, prior, sampler); plus the domain's decode; and the whole
+    ``sciffusion.core.generate.sample`` call into a temporary folder (checkpoint load, decode, one
+    CSV file per sample written atomically on the writer thread, manifest parts, manifest.jsonl,
+    run.json). Best of ``repeats`` interleaved runs. Returns table rows (dicts: device, what, n,
+    batch, steps, network calls (per sample, as the sampling path counted them), seconds,
+    samples/s, vs sampling only)."""
+    import_package()
     import shutil
 
     from sciffusion.core import generate as G
     from sciffusion.core.checkpoint import load_checkpoint, save_checkpoint
-    from sciffusion.core.domain import resolve_config
-    from sciffusion.core.grids import make_grid
-    from sciffusion.core.noise import ExampleNoise
+    from sciffusion.core.domain import denoiser_from_checkpoint, resolve_config
     from sciffusion.core.registry import get_domain
-    from sciffusion.core.samplers import get_sampler, prior
+    from sciffusion.core.sampling import SampleSpec
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with tempfile.TemporaryDirectory(prefix="sciffusion-bench-gen-") as tmp:
@@ -324,30 +284,17 @@ def bench_generation(device: torch.device | str | None = None, *, n: int = 2048,
                                                 f"sample.shard_size={batch}"])
         data_config = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
         torch.manual_seed(0)
-        net = domain.build_denoiser(cfg, data_config)
+        net = domain.build_denoiser(cfg, data_config).network
         ckpt_dir = save_checkpoint(tmp / "model", model=net.state_dict(), ema=net.state_dict(),
                                    meta={"domain": "points2d", "step": 0, "config": cfg, "data_config": data_config})
-        den = G._build_denoiser(domain, cfg, load_checkpoint(ckpt_dir), device)
-        grid = make_grid("karras", den.process, steps)
-        run_sampler = get_sampler(sampler)
+        den = denoiser_from_checkpoint(domain, load_checkpoint(ckpt_dir), cfg, device=device)
+        spec = SampleSpec.from_config(cfg["sample"], den.process)
+        seeds = list(range(n))
 
-        def loop(decode: bool) -> float:
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                for i in range(0, n, batch):
-                    seeds = list(range(i, min(n, i + batch)))
-                    tpl = domain.template(seeds, cfg, data_config).to(device)
-                    noise = ExampleNoise(seeds)
-                    noise.seeds = noise.seeds.to(device)
-                    x = prior(den.process, tpl.x0, noise, t=float(grid[0]))
-                    x0 = run_sampler(den, x, grid, tpl.cond, noise=noise)
-                    if decode:
-                        domain.decode(x0, tpl.cond, data_config)
-            _sync(device)
-            return time.perf_counter() - t0
+        def loop(decode: bool) -> tuple[float, int]:
+            return timed_generation(domain, den, seeds, cfg, data_config, spec, device, batch, decode)
 
-        def whole(i: int) -> float:
+        def whole(i: int) -> tuple[float, int]:
             folder = tmp / f"out{i}"
             t0 = time.perf_counter()
             res = G.sample(ckpt_dir, folder, n=n, device=str(device), progress=False)
@@ -356,25 +303,21 @@ def bench_generation(device: torch.device | str | None = None, *, n: int = 2048,
             if not files == res.files == res.generated == n:
                 raise AssertionError(f"generation wrote {files} files, expected {n}")
             shutil.rmtree(folder)
-            return secs
+            return secs, res.network_calls
 
-        calls = [0]
-        hook = den.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
-        loop(False)  # warm-up (allocator, kernels), counting network evaluations
-        hook.remove()
-        nfe = calls[0] // -(-n // batch)
+        loop(False)  # warm-up (allocator, kernels)
         G.sample(ckpt_dir, tmp / "warm", n=batch, device=str(device), progress=False)  # warm-up
-        runs = {"sampling only (template, prior, sampler)": lambda i: loop(False),
+        runs = {"sampling only (generate_batch)": lambda i: loop(False),
                 "sampling + decode": lambda i: loop(True),
                 "sample(): + decode, atomic CSV writes, manifest": whole}
-        best = {k: float("inf") for k in runs}
+        best = {k: (float("inf"), 0) for k in runs}
         for i in range(repeats):
             for what, fn in runs.items():
                 best[what] = min(best[what], fn(i))
-    base = n / best["sampling only (template, prior, sampler)"]
-    return [{"device": str(device), "what": what, "n": n, "batch": batch, "steps": steps, "NFE": nfe,
+    base = n / best["sampling only (generate_batch)"][0]
+    return [{"device": str(device), "what": what, "n": n, "batch": batch, "steps": steps, "network calls": calls,
              "seconds": secs, "samples/s": n / secs, "vs sampling only": f"{n / secs / base:.2f}x"}
-            for what, secs in best.items()]
+            for what, (secs, calls) in best.items()]
 
 
 if __name__ == "__main__":

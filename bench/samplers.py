@@ -26,12 +26,7 @@ Run ``python bench/samplers.py`` (about a minute on 2 CPU cores), ``--quick`` fo
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.util
 import math
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -41,28 +36,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_model  # noqa: E402
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import append_results, import_package, run_header, sync, table  # noqa: E402
 
-
-def _import_package() -> None:
-    """Make ``sciffusion`` importable when the project is not installed (it maps onto the repo root)."""
-    try:
-        import sciffusion  # noqa: F401
-    except ImportError:
-        spec = importlib.util.spec_from_file_location(
-            "sciffusion", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["sciffusion"] = module
-        spec.loader.exec_module(module)
-
-
-_import_package()
+import_package()
 
 from sciffusion.core import grids  # noqa: E402
 from sciffusion.core import samplers as S  # noqa: E402
@@ -86,7 +65,6 @@ BETAS = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "b
 SIGMA_MIN = 0.002  # our Karras grids' default lower noise level (VE-equivalent sigma)
 SANITY_TOL = 0.02  # max RMSE of every diffusers ODE sampler at many steps (first order: ~0.004 at 500)
 SANITY_RATIO = 0.5  # ... and at most this fraction of its own RMSE at the largest budget
-RESULTS = ROOT / "bench" / "RESULTS.md"
 
 OURS: dict[str, Callable] = {
     "euler": S.sample_euler,
@@ -121,12 +99,6 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work so that wall-clock timings are honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def scalar(fn: Callable[[Tensor], Tensor], t: float) -> float:
     """A process function evaluated at one float64 time, as a Python float."""
     return float(fn(torch.tensor([t], dtype=torch.float64)))
@@ -145,13 +117,6 @@ def fmt(v: float | None) -> str:
     if not math.isfinite(v):
         return str(v)
     return f"{v:.3g}" if v >= 1e-3 else f"{v:.2e}"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def first_guess(name: str, budget: int) -> int:
@@ -631,33 +596,13 @@ def section_throughput(cfg: Config, device: torch.device, log) -> str:
         "not overhead. The stochastic samplers (ddpm, euler_maruyama) draw their noise from ExampleNoise (counted "
         "as overhead). Rows are measured round-robin."
     )
-    header = ["library", "sampler", "steps", "NFE", "ms / run", "samples / s", "network ms / run", "overhead us / step"]
+    header = ["library", "sampler", "steps", "network calls", "ms / run", "samples / s", "network ms / run", "overhead us / step"]
     return "### C. Throughput\n\n" + note + "\n\n" + table(header, rows)
 
 
 # ----------------------------------------------------------------------------- report
 
 
-
-
-def header_lines(device: torch.device, argv: list[str]) -> list[str]:
-    """Date, machine, device, versions and command line of this run."""
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return [
-        f"- date (UTC): {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S')}",
-        f"- machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} cores (torch threads: {torch.get_num_threads()})",
-        f"- device: {dev}",
-        f"- torch {torch.__version__}, diffusers {diffusers.__version__ if diffusers else 'not installed'}",
-        f"- command: `{shlex.join(['python', 'bench/samplers.py'] + argv)}`",
-    ]
-
-
-def append_results(text: str) -> None:
-    """Append one section to bench/RESULTS.md (created with a one-line header when missing)."""
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n")
-    with RESULTS.open("a") as f:
-        f.write("\n" + text.rstrip() + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -685,14 +630,16 @@ def main(argv: list[str] | None = None) -> None:
     parts.append(md_b)
     parts.append(section_throughput(cfg, device, log))
     total = time.perf_counter() - start
-    title = "## Samplers" + (" (quick)" if args.quick else "")
-    text = "\n\n".join([title, "\n".join(header_lines(device, args_list) + [f"- total runtime: {total:.0f} s"])] + parts)
-    print(text)
+    title = "Samplers" + (" (quick)" if args.quick else "")
+    header = run_header("samplers.py", args_list, device,
+                        [f"- diffusers {diffusers.__version__ if diffusers else 'not installed'}",
+                         f"- total runtime: {total:.0f} s"])
+    text = "\n\n".join(["\n".join(header)] + parts)
+    print(f"## {title}\n\n{text}")
     if failures:
         raise AssertionError("diffusers driving failed its sanity check:\n" + "\n".join(failures))
     if not args.no_append:
-        append_results(text)
-        print(f"\nappended to {RESULTS}", file=sys.stderr)
+        print(f"\nappended to {append_results(title, text)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

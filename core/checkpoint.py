@@ -301,15 +301,36 @@ def save_run_checkpoint(run_dir: str | Path, step: int, keep_last: int = 3, **kw
     """Save ``step-XXXXXXXX`` under ``run_dir/checkpoints`` and keep only the newest ``keep_last``."""
     d = checkpoints_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(d)
+    clean_checkpoints(run_dir)
     target = d / f"step-{step:08d}"
     if target.exists():  # the same step saved again (e.g. resumed exactly at a save point)
-        shutil.rmtree(target)
+        remove_folder(target)
     path = save_checkpoint(target, **kwargs)
     if keep_last > 0:
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_folder(old)
     return path
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a folder so that a kill midway leaves no half folder under its name: rename it to a
+    temporary first (which ``remove_stale_temporaries`` cleans), then delete."""
+    tmp = folder.parent / f".{folder.name}.{os.getpid()}-{time.monotonic_ns()}.tmp"
+    os.replace(folder, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Remove what a killed writer or pruner left in a run's checkpoint folder: temporaries, and
+    step folders without their checkpoint.json (torn by an older pruner). Returns the removed folders."""
+    d = checkpoints_dir(run_dir)
+    if not d.is_dir():
+        return []
+    remove_stale_temporaries(d)
+    torn = [p for p in d.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and not (p / META).is_file()]
+    for p in torn:
+        remove_folder(p)
+    return torn
 
 
 def export_model(ckpt: Checkpoint, folder: str | Path, prefer_ema: bool = True, *,

@@ -104,6 +104,12 @@ class Domain(abc.ABC):
         """Examples of a split ("train", "valid", "test") from the files named in ``data_cfg``.
         Bad files raise ``InputError`` naming the file and the problem."""
 
+    def data_paths(self, data_cfg: dict) -> list[Path]:
+        """The files or folders a ``[data]`` table names, which must exist before training starts
+        (checked by ``train`` and ``--dry-run``). Default: ``data.path`` when the table has one."""
+        path = data_cfg.get("path")
+        return [Path(path)] if isinstance(path, str) and path else []
+
     def data_config(self, train_examples: Sequence[Any], cfg: dict) -> dict:
         """JSON-serialisable facts derived from the training data, stored in checkpoints."""
         return {}
@@ -132,12 +138,12 @@ class Domain(abc.ABC):
                           f"reaches {gain:.0f} at t = 1: x0 = (x - sigma eps)/alpha amplifies the network's error by "
                           "that much near the prior, so few-step samplers give values far out of range; prefer "
                           "objective.prediction = \"v\" (or \"x0\", or EDM preconditioning)", stacklevel=2)
-        self_cond = float(cfg["objective"].get("self_conditioning", 0.0)) > 0
+        self_cond = float(cfg["objective"]["self_conditioning"]) > 0
         if self_cond and "self_conditioning" not in inspect.signature(self.build_network).parameters:
             raise InputError(f"domain '{self.name}': objective.self_conditioning > 0 needs a network that takes an x0 "
                              "estimate as input: build_network(model_cfg, data_config, self_conditioning=True)")
         extra = {"self_conditioning": True} if self_cond else {}
-        return Denoiser(self.build_network(cfg.get("model", {}), data_config, **extra), process, p,
+        return Denoiser(self.build_network(cfg["model"], data_config, **extra), process, p,
                         self_conditioning=self_cond)
 
     def build_objective(self, cfg: dict) -> DiffusionObjective:
@@ -222,6 +228,13 @@ def _sample_table_with(extra: Mapping[str, Any]) -> type[SampleConfig]:
             return {**SampleConfig.fields(), **specs}
 
     return DomainSampleConfig
+
+
+def check_data_paths(domain: Domain, cfg: Mapping) -> None:
+    """InputError naming the first path of the ``[data]`` table that does not exist."""
+    for path in domain.data_paths(cfg["data"]):
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder (data.path of the '{domain.name}' config)")
 
 
 def resolve_config(domain: Domain, config: "str | Path | Mapping | None" = None, overrides: Sequence[str] = (),

@@ -19,10 +19,13 @@ on a scalar path and matrix kernels depend on shapes), so files then agree to ro
 ``sample.dtype = "float64"`` they are byte-identical too (measured on CPU).
 
 Output folder: see ``core.sample_folder``. Each manifest line records the sample's seed, file,
-checkpoint and config hashes, sampler, steps and the network calls its batch took.
+checkpoint and config hashes, sampler, steps, the network calls its batch took, and the size and
+sha256 of each of its files ("checks").
 
-Resume: run the same command again. Complete shards are skipped; incomplete ones are generated
-again (their files are overwritten: files are named by seed, so nothing appears twice); stale
+Resume: run the same command again. Complete shards are skipped (a shard is complete when its
+manifest part exists and every file it lists is there with the size and sha256 recorded for it);
+incomplete or damaged ones are generated again, batch for batch as before, so the repaired files
+are byte-identical (their files are overwritten: files are named by seed, so nothing appears twice); stale
 temporaries of a killed run are removed. A folder made with another config or checkpoint is
 refused (``overwrite=True`` clears what an earlier run wrote first). The config hash covers
 what determines the samples: the resolved config without ``sample.batch_size`` and
@@ -57,7 +60,7 @@ from .domain import Domain, denoiser_from_checkpoint, resolve_config
 from .io import InputError, atomic_write_json, atomic_write_text, sha256_json
 from .progress import Progress
 from .registry import UnknownDomainError, available, get_domain, provider
-from .sample_folder import FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, part_name, prepare, write_manifest
+from .sample_folder import FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, file_check, part_name, prepare, write_manifest
 from .sampling import SampleSpec, generate_batch, guidance_null
 from .seeds import parse_seeds, shard_seeds
 from .version import __version__
@@ -196,6 +199,7 @@ class _Generator:
                            network_calls=int(made.network_calls))
                 if extra:
                     row["companions"] = [self.relative(Path(e)) for e in extra]
+                row["checks"] = {f: file_check(self.out / f) for f in [row["file"], *row.get("companions", [])]}
                 lines.append(json.dumps(row, sort_keys=True))
             if last:  # every file of the shard is in place: the shard is complete
                 atomic_write_text(self.out / PARTS / part_name(k), "\n".join(lines) + "\n")

@@ -94,6 +94,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                _public_mode(f)  # writers such as safetensors create their files 0600
         _fsync_dir(tmp)
         _public_mode(tmp, directory=True)
         os.replace(tmp, path)

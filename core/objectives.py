@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .schema import Annotated, Check, ConfigError, Table, one_of, positive, unit_interval
-from .parameterisation import PREDICTIONS, Denoiser, EDMPreconditioning, Parameterisation, make_parameterisation
+from .parameterisation import PREDICTIONS, SIGMA_DATA, Denoiser, EDMPreconditioning, Parameterisation, make_parameterisation
 from .process import Coefficients, Process, check_t
 from .spaces import expand_mask
 from .state import State
@@ -53,7 +53,7 @@ class ObjectiveConfig(Table):
 
     prediction: Annotated[str, one_of(PREDICTIONS)] = "v"  # what the network predicts: eps | x0 | v | velocity
     edm_preconditioning: bool = False  # EDM's c_skip/c_out/c_in/c_noise around an x0 prediction
-    sigma_data: Annotated[float, positive()] = 0.5  # EDM: the data's standard deviation
+    sigma_data: Annotated[float, positive()] = SIGMA_DATA  # EDM: the data's standard deviation
     weighting: Annotated[str, one_of(_weightings)] = "auto"  # auto: edm with EDM preconditioning, else uniform
     min_snr_gamma: Annotated[float, positive()] = 5.0  # min_snr weighting: min(SNR, gamma)
     time_sampler: Annotated[str, one_of(_time_samplers)] = "auto"  # auto: lognormal with EDM preconditioning, else uniform
@@ -82,20 +82,26 @@ class ObjectiveConfig(Table):
                 raise ConfigError(f"objective.field_weights.{k}", f"must be a number >= 0, got {w!r}")
 
 
+def complete(obj: Mapping) -> dict:
+    """An ``[objective]`` table with the keys it leaves out at their defaults (ObjectiveConfig)."""
+    return {**ObjectiveConfig.defaults(), **obj}
+
+
 def resolved_weighting(obj: Mapping) -> str:
-    w = obj.get("weighting", "auto")
-    return ("edm" if obj.get("edm_preconditioning") else "uniform") if w == "auto" else w
+    obj = complete(obj)
+    return ("edm" if obj["edm_preconditioning"] else "uniform") if obj["weighting"] == "auto" else obj["weighting"]
 
 
 def resolved_time_sampler(obj: Mapping) -> str:
-    kind = obj.get("time_sampler", "auto")
-    return ("lognormal" if obj.get("edm_preconditioning") else "uniform") if kind == "auto" else kind
+    obj = complete(obj)
+    kind = obj["time_sampler"]
+    return ("lognormal" if obj["edm_preconditioning"] else "uniform") if kind == "auto" else kind
 
 
 def parameterisation_of(obj: Mapping) -> Parameterisation:
     """The parameterisation an ``[objective]`` table asks for."""
-    return make_parameterisation(obj.get("prediction", "v"), bool(obj.get("edm_preconditioning")),
-                                 float(obj.get("sigma_data", 0.5)))
+    obj = complete(obj)
+    return make_parameterisation(obj["prediction"], bool(obj["edm_preconditioning"]), float(obj["sigma_data"]))
 
 
 # ----------------------------------------------------------------------------- times
@@ -219,11 +225,11 @@ class DiffusionObjective:
     weighting: str = "uniform"
     time_sampler: str = "uniform"
     time_params: tuple = ()
-    min_snr_gamma: float = 5.0
-    sigma_data: float = 0.5
-    t_min: float = 1e-3
+    min_snr_gamma: float = ObjectiveConfig.min_snr_gamma
+    sigma_data: float = SIGMA_DATA
+    t_min: float = ObjectiveConfig.t_min
     sigma_min: float = SIGMA_MIN
-    timesteps: int = 1000
+    timesteps: int = ObjectiveConfig.timesteps
     field_weights: Mapping[str, float] | None = None
 
     CONFIG_KEYS: ClassVar[tuple] = ("min_snr_gamma", "sigma_data", "t_min", "sigma_min", "timesteps")
@@ -237,9 +243,10 @@ class DiffusionObjective:
     @classmethod
     def from_config(cls, obj: Mapping) -> "DiffusionObjective":
         """The objective of an ``[objective]`` table ("auto" resolved)."""
+        obj = complete(obj)
         return cls(weighting=resolved_weighting(obj), time_sampler=resolved_time_sampler(obj),
-                   time_params=tuple(obj.get("time_params") or ()), field_weights=dict(obj.get("field_weights") or {}),
-                   **{k: obj[k] for k in cls.CONFIG_KEYS if k in obj})
+                   time_params=tuple(obj["time_params"]), field_weights=dict(obj["field_weights"]),
+                   **{k: obj[k] for k in cls.CONFIG_KEYS})
 
     def x0_weight(self, c: Coefficients) -> Tensor:
         """w(t) on the x0 error, (B,) float64."""

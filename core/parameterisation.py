@@ -35,6 +35,7 @@ from .process import Coefficients, Process
 from .state import State
 
 PREDICTIONS = ("eps", "x0", "v", "velocity")
+SIGMA_DATA = 0.5  # EDM's default standard deviation of the data
 
 
 # ----------------------------------------------------------------------------- plain conversions
@@ -170,7 +171,7 @@ class EDMPreconditioning(Parameterisation):
     """Karras et al. (2022), Table 1, in the VE variables x~ = x/alpha and s = sigma~ = sigma/alpha:
     D(x~) = c_skip x~ + c_out F(c_in x~, c_noise)."""
 
-    sigma_data: float = 0.5
+    sigma_data: float = SIGMA_DATA
     name = "edm"
 
     def c_skip(self, s):
@@ -209,7 +210,7 @@ PARAMETERISATIONS: dict[str, type[Parameterisation]] = {
 
 
 def make_parameterisation(prediction: str | Parameterisation, edm_preconditioning: bool = False,
-                     sigma_data: float = 0.5) -> Parameterisation:
+                     sigma_data: float = SIGMA_DATA) -> Parameterisation:
     """The parameterisation of a config: ``prediction`` by name, or EDM's preconditioning (which
     wraps an x0 prediction)."""
     if isinstance(prediction, Parameterisation):

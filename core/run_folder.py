@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import clean_checkpoints, latest_checkpoint, load_checkpoint
 from .config import config_differences, json_default, lookup
 from .io import InputError, atomic_write_json, atomic_write_text, remove_stale_temporaries
 
@@ -77,7 +77,8 @@ def step_of(ckpt_path: Path) -> int:
 def init_folder(out: Path, cfg: dict, step: int) -> None:
     """Write config.json and cut log.jsonl back to ``step`` (what a resumed run will write again)."""
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)  # half-written files of a killed run (checkpoints clean their own folder)
+    remove_stale_temporaries(out)  # half-written files of a killed run
+    clean_checkpoints(out)  # and torn or temporary checkpoint folders
     atomic_write_json(out / "config.json", cfg)
     _trim_log(out / "log.jsonl", step)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import flatten
-from .io import InputError, atomic_path, atomic_write_json, is_temporary, remove_stale_temporaries
+from .io import InputError, atomic_path, atomic_write_json, is_temporary, remove_stale_temporaries, sha256_file
 
 FORMAT = "sciffusion-samples/1"
 PARTS = ".parts"
@@ -79,6 +79,29 @@ def _row_files(row: dict) -> list:
     """The files of one manifest row: the sample and its companions (e.g. a picture)."""
     extra = row.get("companions")
     return [row.get("file")] + (list(extra) if isinstance(extra, list) else [])
+
+
+def file_check(path: Path) -> list:
+    """[bytes, sha256] of a written file, as manifest rows record it."""
+    return [path.stat().st_size, sha256_file(path)]
+
+
+def row_intact(out: Path, row: dict) -> bool:
+    """Every file of a manifest row is there and (when the row records them) has its size and hash."""
+    files = _row_files(row)
+    if not all(isinstance(f, str) and (out / f).is_file() for f in files):
+        return False
+    checks = row.get("checks")
+    if not isinstance(checks, dict):  # a folder written before rows carried checks
+        return True
+    for f in files:
+        want = checks.get(f)
+        if not (isinstance(want, list) and len(want) == 2):
+            return False
+        path = out / f
+        if path.stat().st_size != want[0] or sha256_file(path) != want[1]:
+            return False
+    return True
 
 
 def _listed_files(out: Path) -> Iterator[Path]:
@@ -174,10 +197,9 @@ def prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg:
                 if k >= len(shards) or [row.get("seed") for row in rows] != shards[k]:
                     raise _refuse(out, f"{PARTS}/{p.name} holds other seeds than this run's shard {k} "
                                        "(the folder was made for another seed list or shard size)")
-                files = [f for row in rows for f in _row_files(row)]
-                if all(isinstance(f, str) and (out / f).is_file() for f in files):
+                if all(row_intact(out, row) for row in rows):
                     complete.append(k)
-                else:  # a listed file went missing: generate the shard again
+                else:  # a listed file went missing or was damaged: generate the shard again
                     p.unlink(missing_ok=True)
     (out / PARTS).mkdir(exist_ok=True)
     if len(complete) < len(shards):  # a manifest.jsonl always means: the run it describes is complete

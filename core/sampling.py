@@ -81,7 +81,7 @@ class SampleConfig(Table):
 
     @classmethod
     def check(cls, table: dict, cfg: dict) -> None:
-        p = (cfg.get("objective") or {}).get("condition_dropout", 0.0)
+        p = cfg["objective"]["condition_dropout"]
         if table["guidance"] > 0 and not p > 0:
             raise ConfigError("sample.guidance", f"classifier-free guidance ({table['guidance']}) needs a model trained "
                                                  "with objective.condition_dropout > 0 (this one never learnt the "
@@ -102,13 +102,15 @@ class SampleSpec:
 
     @classmethod
     def from_config(cls, sample: Mapping, process: Process) -> "SampleSpec":
+        """The spec of a ``[sample]`` table (keys it leaves out at SampleConfig's defaults)."""
+        sample = {**SampleConfig.defaults(), **sample}
         name = sample["sampler"]
         if name not in SAMPLERS:
             raise InputError(f"sample.sampler: unknown sampler {name!r}; known: {', '.join(sampler_names())}")
         fn = SAMPLERS[name]
         opts = {k: sample[k] for k in specs_of_signature(fn, skip=SAMPLER_ARGS) if k in sample}
         grid = make_grid(sample["grid"], process, int(sample["steps"]))
-        return cls(name, fn, grid, float(sample.get("guidance", 0.0)), opts, DTYPES[sample.get("dtype", "") or ""])
+        return cls(name, fn, grid, float(sample["guidance"]), opts, DTYPES[sample["dtype"]])
 
     @property
     def needs_constraint(self) -> bool:

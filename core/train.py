@@ -58,7 +58,7 @@ from .checkpoint import check_domain, checkpoints_dir, load_checkpoint, save_run
 from .config import jsonable
 from .data_plan import NET, NOISE, TIME, DataPlan, MicroBatch, batch_indices, seed_torch
 from .distributed import Distributed, pick_device
-from .domain import Domain, resolve_config
+from .domain import Domain, check_data_paths, resolve_config
 from .guards import EMA, AdaptiveClip, TrainingDiverged, by_dtype, finite_params, total_norm
 from .io import InputError
 from .registry import as_domain, load_denoiser, provider
@@ -134,8 +134,8 @@ class Trainer:
         self.state = TrainState(self.domain, self.cfg, self.data_config, self.tc, self.device)
         self.objective = self.domain.build_objective(self.cfg)
         self.null = self.domain.null_condition(self.cfg, self.data_config)
-        self.p_drop = float(self.cfg["objective"].get("condition_dropout", 0.0))
-        self.p_sc = float(self.cfg["objective"].get("self_conditioning", 0.0))
+        self.p_drop = float(self.cfg["objective"]["condition_dropout"])
+        self.p_sc = float(self.cfg["objective"]["self_conditioning"])
         self.found_inf = torch.zeros(1, dtype=torch.float32, device=self.device)
         self._one = torch.ones(1, dtype=torch.float32, device=self.device)
         # On the CPU nothing runs ahead of the host, so reading a scalar is free: skip decisions are
@@ -444,6 +444,7 @@ def train(domain: str | Domain, config: Mapping, out: str | Path, *, device: str
     if config.get("domain", domain.name) != domain.name:
         raise InputError(f"the config is for domain '{config.get('domain')}', not '{domain.name}'")
     cfg = jsonable(resolve_config(domain, dict(config)))
+    check_data_paths(domain, cfg)
     out = Path(out)
     world = Distributed.requested_world()
     dev = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)

@@ -29,6 +29,9 @@ QM9_COUNT = 130_831
 QM9_SPLIT_SIZES = {"train": 100_000, "valid": 17_748, "test": 13_083}
 QM9_TRAIN_ATOM_COUNTS = {"H": 923_537, "C": 635_559, "N": 101_476, "O": 140_202, "F": 2_323}
 QM9_ELEMENTS = ("H", "C", "N", "O", "F")
+QM9_PACKAGE = "qm9pack"  # the PyPI distribution QM9 is read from
+QM9_CITATION = ('Ramakrishnan, Dral, Rupp, von Lilienfeld, "Quantum chemistry structures and properties of '
+                '134 kilo molecules", Scientific Data 1, 140022 (2014)')
 
 # Short property name -> (qm9pack column, unit). Raw QM9 units, as the CSV holds them.
 QM9_PROPERTIES = {
@@ -71,6 +74,16 @@ def qm9_source_dir() -> Path | None:
         return None
     folder = Path(list(spec.submodule_search_locations)[0]) / "data"
     return folder if folder.is_dir() else None
+
+
+def qm9_package_version() -> str | None:
+    """The installed version of the package QM9 is read from, or None when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(QM9_PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _qm9_csvs() -> list[Path]:

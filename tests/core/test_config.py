@@ -178,3 +178,10 @@ def test_load_toml_errors_name_the_file(tmp_path):
         load_toml(f)
     with pytest.raises(InputError, match="config file not found"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_dry_run_names_a_missing_data_path(tmp_path):
+    missing = tmp_path / "nope.sdf"
+    r = subprocess.run([SCIFFUSION, "train", "molecules", "--dry-run", f"data.path='{missing}'"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and f"{missing}: no such file or folder (data.path" in r.stderr

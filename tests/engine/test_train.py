@@ -546,3 +546,24 @@ def test_a_time_budget_ends_the_run_with_a_checkpoint(points2d, points_data, tmp
     more = train(points2d, resolve_config(points2d, cfg, ["train.max_minutes=0", f"train.steps={res.step + 2}"]),
                  tmp_path / "run", device="cpu", progress=False)
     assert more.step == res.step + 2
+
+
+def test_torn_checkpoint_folders_are_cleaned_and_files_get_normal_permissions(points2d, points_data, tmp_path):
+    """A step folder left without checkpoint.json (a pruner killed midway, as older versions did it)
+    and a stale temporary are removed when the run resumes; checkpoint files are written with the
+    same umask-respecting mode as every other output (safetensors used to be 0600)."""
+    import os
+
+    run = tmp_path / "run"
+    res = train(points2d, _cfg(points2d, points_data, steps=2, ckpt_every=1, keep_last=2), run, device="cpu",
+                progress=False)
+    ckdir = run / "checkpoints"
+    torn = ckdir / "step-00000001"
+    (torn / "checkpoint.json").unlink()
+    (ckdir / ".step-00000009.123.tmp").mkdir()
+    train(points2d, _cfg(points2d, points_data, steps=3, ckpt_every=1, keep_last=2), run, device="cpu", progress=False)
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-00000002", "step-00000003"]
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (res.checkpoint / "model.safetensors", res.checkpoint / "checkpoint.json"):
+        assert (f.stat().st_mode & 0o777) == (0o666 & ~mask), f

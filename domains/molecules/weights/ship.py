@@ -1,10 +1,17 @@
-"""Export a trained run as the shipped QM9 model and measure it for the model card.
+"""Export a trained run as the shipped QM9 model and write its model card from measurements.
 
     sciffusion export runs/qm9_small --out domains/molecules/weights/qm9 --replace sample.sampler=ddpm \
         sample.grid=discrete sample.steps=50                                  # EMA weights, sampler defaults
-    python domains/molecules/weights/ship.py card --samples 2000 --nfe 50   # measure, write MODEL_CARD.md
+    python domains/molecules/weights/ship.py card --samples 10000 --log runs/qm9_small/log.jsonl
+    python domains/molecules/weights/ship.py card --samples 10000 --from runs/qm9_card_10k \
+        --log runs/qm9_small/log.jsonl --sweep ddpm:25 ddpm:100 dpmpp_2m:50:log_snr --sweep-samples 500
 
-Every number in MODEL_CARD.md comes from the `card` run that wrote it (machine recorded there).
+Every fact of the card comes from one of four places: the checkpoint (config, data facts, step,
+hashes, weights), the training run's log (``--log``: sessions, processes, devices, time, losses),
+the samples folder's run.json and manifest (made by this run, or a finished folder of this
+checkpoint given with ``--from``, e.g. one generated under torchrun), or what this run measures
+(the metrics of those samples and of the held-out split, the optional sampler sweep, the machine).
+Network calls are the ones the sampling path counted (50 DDPM steps on EDM's schedule are 51 calls).
 """
 
 from __future__ import annotations
@@ -14,157 +21,366 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "qm9"
 
+#: the card's metric rows: (label, key of the domain's metrics)
+METRICS = [("atom stability", "atom_stability"), ("molecule stability", "molecule_stability"),
+           ("validity (EDM, largest fragment)", "validity"), ("validity (strict, one fragment)", "validity_strict"),
+           ("uniqueness", "uniqueness"), ("V x U", "valid_and_unique"), ("novelty", "novelty"),
+           ("validity (xyz2mol route)", "validity_xyz2mol")]
 
-def _check_source(folder: Path, ckpt, samples: int) -> Path:
-    """A finished samples folder of this checkpoint with the model's default sampling and ``samples`` seeds."""
-    run = json.loads((folder / "run.json").read_text())
-    rows = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+
+class CardError(SystemExit):
+    """A source of the card that does not describe the checkpoint (printed, exit code 1)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def read_samples(folder: Path, ckpt) -> tuple[dict, list[dict]]:
+    """run.json and the manifest rows of a finished samples folder of ``ckpt``."""
+    try:
+        run = json.loads((folder / "run.json").read_text())
+        rows = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    except (OSError, ValueError) as e:
+        raise CardError(f"{folder}: not a finished samples folder ({e})") from None
+    if run.get("status") != "complete" or run.get("files") != len(rows) or not rows:
+        raise CardError(f"{folder}: the generation run is not complete")
+    if run.get("checkpoint_hash") != ckpt.hash or any(r["checkpoint_hash"] != ckpt.hash for r in rows):
+        raise CardError(f"{folder}: the samples were not made with the checkpoint {ckpt.path} ({ckpt.hash[:16]})")
+    return run, rows
+
+
+def sampling_of(rows: list[dict]) -> dict:
+    """The one sampling setting of a manifest (sampler, grid, steps, guidance, network calls per sample)."""
+    keys = ("sampler", "grid", "steps", "guidance", "network_calls")
+    settings = {tuple(r.get(k) for k in keys) for r in rows}
+    if len(settings) != 1:
+        raise CardError(f"the manifest mixes {len(settings)} sampling settings; the card describes one")
+    return dict(zip(keys, settings.pop()))
+
+
+def check_default(setting: dict, ckpt) -> None:
+    """The card's quality section measures the model's own sampling defaults."""
     s = ckpt.config["sample"]
-    if run.get("checkpoint_hash") != ckpt.hash or len(rows) != samples or any(
-            (r["sampler"], r["steps"], r["grid"]) != (s["sampler"], s["steps"], s["grid"]) for r in rows):
-        sys.exit(f"{folder}: not {samples} finished samples of the shipped model with its default sampler")
-    return folder
+    want = {k: s.get(k, 0.0 if k == "guidance" else None) for k in ("sampler", "grid", "steps", "guidance")}
+    got = {k: setting[k] for k in want}
+    if got != want:
+        raise CardError(f"the samples were made with {got}, not with the model's defaults {want}")
 
 
-def training_history(records: list[dict]) -> str:
-    """The run's sessions from its log: steps, processes and time of each, and any warm restart of
-    the learning-rate schedule (train.steps raised on a resume)."""
+def make_samples(model: Path, out: Path, n: int, **sample) -> Path:
+    """``n`` samples of ``model`` into ``out`` through ``sciffusion.api.sample`` (its run.json and
+    manifest record how they were made)."""
+    from sciffusion import api
+
+    return api.sample(str(model), out, n=n, progress=False, **sample).out
+
+
+def score(folder: Path, model: Path) -> dict:
+    """The metrics ``sciffusion evaluate molecules FOLDER --checkpoint MODEL`` reports."""
+    from sciffusion import api
+
+    return api.evaluate("molecules", [folder], checkpoint=model)
+
+
+def score_held_out(ckpt, n: int) -> tuple[dict, int]:
+    """The same metrics on the first ``n`` molecules of the held-out (test) split of the checkpoint's
+    data: what the real data scores under these definitions."""
+    from sciffusion.core.registry import get_domain
+
+    dom = get_domain("molecules")
+    mols = list(dom.load_dataset(ckpt.config["data"], "test"))[:n]
+    if not mols:
+        raise CardError("the checkpoint's data has no test molecules to compare with")
+    return dom.metrics(mols, ckpt.data_config), len(mols)
+
+
+def parse_sweep(cells: list[str]) -> list[dict]:
+    """``sampler:steps[:grid]`` cells as ``api.sample`` keyword arguments."""
+    out = []
+    for cell in cells:
+        parts = cell.split(":")
+        if len(parts) not in (2, 3) or not parts[1].isdigit():
+            raise CardError(f"sweep cell {cell!r}: write sampler:steps or sampler:steps:grid (ddpm:100)")
+        out.append({"sampler": parts[0], "steps": int(parts[1]), **({"grid": parts[2]} if len(parts) == 3 else {})})
+    return out
+
+
+def sweep(model: Path, ckpt, cells: list[dict], n: int, tmp: Path) -> list[list[str]]:
+    """One measured row per cell: the setting as the manifest records it, the counted network calls
+    and the metrics of ``n`` fresh samples."""
+    rows = []
+    for i, cell in enumerate(cells):
+        folder = make_samples(model, tmp / f"sweep{i}", n, **cell)
+        _, manifest = read_samples(folder, ckpt)
+        s, m = sampling_of(manifest), score(folder, model)
+        rows.append([s["sampler"], s["grid"], str(s["steps"]), str(s["network_calls"]), f"{len(manifest):,}",
+                     *(f"{m[k]:.1f}" for k in ("atom_stability", "molecule_stability", "validity", "valid_and_unique"))])
+        print("  " + " | ".join(rows[-1]), flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def training_records(log: Path, ckpt) -> list[dict]:
+    """The log records of the run that made ``ckpt``, up to its step. The run folder's config.json
+    must describe the same model, and the log must reach the checkpoint's step."""
+    from sciffusion.core.train import read_log
+
+    records = read_log(log)
+    if not records:
+        raise CardError(f"{log}: no training log there")
+    folder = log.parent if log.is_file() else log
+    try:
+        run_cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CardError(f"{folder}: no readable config.json beside the log ({e})") from None
+    if run_cfg.get("model") != ckpt.config.get("model") or run_cfg.get("data") != ckpt.config.get("data"):
+        raise CardError(f"{folder}: the run's model or data config is not the checkpoint's")
+    if not any(r.get("step") == ckpt.step and "loss" in r for r in records):
+        raise CardError(f"{log}: the log has no training record at the checkpoint's step {ckpt.step}")
+    return [r for r in records if int(r.get("step", 0)) <= ckpt.step]
+
+
+def _sessions(records: list[dict]) -> tuple[list[dict], list[tuple[int, float, float]]]:
+    """Training sessions (from, to, processes, device, seconds) and warm restarts of the learning rate."""
     segments, restarts, last_lr = [], [], None
     for rec in records:
-        if "event" in rec and rec["event"] in ("start", "resume"):
-            segments.append({"from": rec["step"], "to": rec["step"], "world": rec.get("world_size", 1), "s": 0.0})
+        if rec.get("event") in ("start", "resume"):
+            segments.append({"from": rec["step"], "to": rec["step"], "world": rec.get("world_size", 1),
+                             "device": rec.get("device", "an unrecorded device"), "s": 0.0})
         elif "loss" in rec and segments:
             seg = segments[-1]
             if seg["to"] == seg["from"] and last_lr is not None and rec["lr"] > 2 * last_lr:
                 restarts.append((seg["from"], last_lr, rec["lr"]))
             seg["to"], seg["s"], last_lr = rec["step"], rec.get("elapsed") or seg["s"], rec["lr"]
-    merged = []
+    merged: list[dict] = []
     for seg in (g for g in segments if g["to"] > g["from"]):  # sessions killed before their first checkpoint left no steps
-        if merged and merged[-1]["world"] == seg["world"] and merged[-1]["to"] == seg["from"]:
-            merged[-1].update(to=seg["to"], s=merged[-1]["s"] + seg["s"])
+        last = merged[-1] if merged else None
+        if last and (last["world"], last["device"], last["to"]) == (seg["world"], seg["device"], seg["from"]):
+            last.update(to=seg["to"], s=last["s"] + seg["s"])
         else:
             merged.append(dict(seg))
+    return merged, restarts
 
-    def processes(world: int) -> str:
-        return "one process" if world == 1 else f"{world} processes under torchrun"
 
-    parts = [f"steps {g['from']:,} to {g['to']:,} in {processes(g['world'])} ({g['s'] / 60:.0f} min)" for g in merged]
+def _processes(world: int) -> str:
+    return "one process" if world == 1 else f"{world} processes under torchrun"
+
+
+def training_history(records: list[dict]) -> str:
+    """The run's sessions from its log: steps, processes, device and time of each, and any warm
+    restart of the learning-rate schedule (train.steps raised on a resume)."""
+    sessions, restarts = _sessions(records)
+
+    parts = [f"steps {g['from']:,} to {g['to']:,} in {_processes(g['world'])} on {g['device']} ({g['s'] / 60:.0f} min)"
+             for g in sessions]
     text = "; ".join(parts)
     for step, before, after in restarts:
-        text += (f". At step {step:,} the run was resumed with train.steps raised, which restarted the cosine "
+        text += (f". At step {step:,} the run was resumed with train.steps raised, which restarted the "
                  f"schedule (learning rate {before:.1e} -> {after:.1e}, a warm restart)")
-    return text + "." if text else "(log not available)."
+    return text + "." if text else "the log records no training steps."
 
 
-def _source_timing(folder: Path) -> str:
-    run = json.loads((folder / "run.json").read_text())
-    return (f"Generated beforehand into `{folder.name}` ({run.get('world_size', 1)} CPU processes under torchrun): "
-            f"{run['files']:,} molecules in {run['seconds']:,.0f} s including SDF writing ({run['samples_per_s']:.1f} / s).")
+def loss_curve(records: list[dict], points: int = 7) -> str:
+    """About ``points`` (step, training loss) pairs of the log, the last one included."""
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    if not losses:
+        return "not in the log"
+    picked = losses[::max(1, len(losses) // (points - 1))]
+    if picked[-1] != losses[-1]:
+        picked.append(losses[-1])
+    return ", ".join(f"step {s:,}: {v:.3f}" for s, v in picked)
 
 
-def card(samples: int, nfe: int | None, sampler: str | None, grid: str | None, log: str | None, sweep: str | None,
-         source: str | None = None) -> None:
-    from sciffusion import api
+def config_overrides(domain, cfg: dict) -> list[str]:
+    """The keys of ``cfg`` that differ from the domain's defaults, as dotted command-line overrides
+    (``sciffusion train DOMAIN`` with them resolves to ``cfg``)."""
+    from sciffusion.core.config import flatten, parse_value
+
+    base = flatten(domain.default_config())
+    out = []
+    for key, value in flatten({k: v for k, v in cfg.items() if isinstance(v, dict)}).items():
+        if key in base and base[key] == value:
+            continue
+        bare = isinstance(value, str) and parse_value(value) == value
+        out.append(f"{key}={value if bare else json.dumps(value)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- the card
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> str:
+    """This machine as the run finds it: OS, CPU, cores, Python, torch and CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        cuda = f"CUDA {torch.version.cuda}: {gpus}"
+    else:
+        cuda = "no CUDA device" + (f" (torch built for CUDA {torch.version.cuda})" if torch.version.cuda else "")
+    return (f"{platform.node()}, {platform.platform()}, {cpu_model()}, {os.cpu_count()} cores; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, {cuda}")
+
+
+def _checkpoint(model: Path):
     from sciffusion.core.checkpoint import load_checkpoint
-    from sciffusion.domains.molecules.metrics import qm9_reference_smiles
 
-    ckpt = load_checkpoint(TARGET)
-    cfg = ckpt.config
-    sampler = sampler or cfg["sample"]["sampler"]
-    grid = grid or cfg["sample"]["grid"]
-    nfe = nfe or cfg["sample"]["steps"]
+    return load_checkpoint(model)
+
+
+def data_section(ckpt) -> str:
+    cfg, dc = ckpt.config["data"], ckpt.data_config
+    n_train = ckpt.meta.get("train", {}).get("train_examples", sum(dc.get("size_counts", [])))
+    where = f"the user's files `{cfg['path']}`" if cfg.get("path") else f"`data.source = {dc.get('source')}`"
+    text = (f"{where}, training split of {n_train:,} molecules (the atom-count prior p(N) holds "
+            f"{sum(dc['size_counts']):,}), elements {' '.join(dc['elements'])}, up to {dc['max_atoms']} atoms.")
+    if dc.get("source") == "qm9" and not cfg.get("path"):
+        from sciffusion.domains.molecules.data import QM9_CITATION, QM9_PACKAGE, qm9_package_version
+
+        text += (f" QM9 is read from the PyPI package `{QM9_PACKAGE}` ({qm9_package_version() or 'not installed'} "
+                 f"where this card was made); QM9: {QM9_CITATION}.")
+    return text
+
+
+def training_section(ckpt, records: list[dict] | None, log: Path | None) -> str:
     from sciffusion.core.registry import get_domain
 
-    dom = get_domain("molecules")
+    cfg, meta = ckpt.config, ckpt.meta
+    m, t, p, o = cfg["model"], cfg["train"], cfg["process"], cfg["objective"]
+    seen, n_train = meta.get("train", {}).get("examples_seen"), meta.get("train", {}).get("train_examples")
+    epochs = f" = {seen / n_train:.1f} epochs ({seen:,} examples)" if seen and n_train else ""
+    history = (f"From the run's log (`{log}`): {training_history(records)}\nTraining loss: {loss_curve(records)}."
+               if records is not None else "No training log was given (`--log`): sessions and losses are not known here.")
+    command = shlex.join(["sciffusion", "train", "molecules", *config_overrides(get_domain("molecules"), cfg)])
+    return f"""{history}
+Network: {m.get('network')} {', '.join(f'{k} {v}' for k, v in m.items() if k != 'network')}.
+Process: {', '.join(f'{k} {v}' for k, v in p.items())}; objective: {', '.join(f'{k} {v}' for k, v in o.items())}.
+Optimisation: batch {t.get('batch_size')}, AdamW lr {t.get('lr')}, {t.get('warmup_steps')} warm-up steps, lr decay {t.get('decay')},
+EMA {t.get('ema_decay')}, adaptive gradient clipping {'on' if t.get('adaptive_clip') else 'off'}, grad_clip {t.get('grad_clip')};
+step {ckpt.step:,}{epochs}.
+The checkpoint's config, as a command (defaults of today's `molecules` domain left out):
+`{command}`"""
+
+
+def quality_section(run: dict, rows: list[dict], setting: dict, ours: dict, held: dict, n_held: int, made: str) -> str:
+    n = len(rows)
+    table = "\n".join(f"| {label} | {ours[k]:.2f} | {held[k]:.2f} |" for label, k in METRICS if k in ours and k in held)
+    timing = (f"{run['files']:,} molecules in {run['seconds']:,.0f} s including SDF writing ({run['samples_per_s']:.1f} / s), "
+              f"{_processes(run.get('world_size', 1))} on {run.get('device')}, torch {run.get('torch')}; "
+              f"{run.get('network_calls_per_sample', setting['network_calls'])} network calls a molecule.")
+    return f"""## Quality ({n:,} samples, {setting['sampler']} on the {setting['grid']} grid, {setting['steps']} steps = {setting['network_calls']} network calls)
+Sampled from the checkpoint's `{run.get('weights')}.safetensors`; atom counts drawn from the training histogram; guidance {setting['guidance']}; the metrics of
+`sciffusion evaluate molecules` (EDM's definitions, `docs/molecules.md`). The last column scores the first
+{n_held:,} real molecules of the held-out split with the same code.
+
+| metric | % (this model) | % (held-out data) |
+|---|---|---|
+{table}
+
+Generation ({made}, finished {run.get('finished_utc')}): {timing}"""
+
+
+def sweep_section(rows: list[list[str]]) -> str:
+    head = "| sampler | grid | steps | network calls | samples | atom stab. % | mol. stab. % | valid % | V x U % |"
+    return "\n## Sampler and step count (measured by this card run)\n\n" + "\n".join(
+        [head, "|" + "---|" * 9] + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def write_card(args) -> str:
+    """Measure and write the card; returns its text."""
+    from sciffusion.core.io import atomic_write_text
+
+    model = Path(args.model)
+    ckpt = _checkpoint(model)
+    records = training_records(Path(args.log), ckpt) if args.log else None
+    cells = parse_sweep(args.sweep or [])
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        if source:  # samples made beforehand (e.g. under torchrun) with the shipped model's defaults
-            out, seconds = _check_source(Path(source), ckpt, samples), None
-        else:
-            out = api.sample("molecules", Path(tmp) / "out", n=samples, sampler=sampler, steps=nfe, grid=grid,
-                             progress=False).out
-            seconds = time.perf_counter() - t0
-        mols = [m for f in sorted(out.glob("*.sdf")) for m in dom.read(f)]
-        from sciffusion.domains.molecules.metrics import evaluate_molecules
-
-        m = evaluate_molecules(mols, train_smiles=qm9_reference_smiles())
-    from sciffusion.core.train import read_log
-
-    records = read_log(log) if log else []
-    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    train = cfg["train"]
-    model = cfg["model"]
+        folder = Path(args.source) if args.source else make_samples(model, Path(tmp) / "out", args.samples)
+        run, rows = read_samples(folder, ckpt)
+        setting = sampling_of(rows)
+        check_default(setting, ckpt)
+        ours = score(folder, model)
+        held, n_held = score_held_out(ckpt, args.data_samples or len(rows))
+        sweep_rows = sweep(model, ckpt, cells, args.sweep_samples, Path(tmp)) if cells else []
+    made = f"generated beforehand into `{folder.name}`" if args.source else "generated by this card run"
     n_params = sum(v.numel() for v in ckpt.weights().values())
-    rows = [
-        ("atom stability", m["atom_stability"]), ("molecule stability", m["molecule_stability"]),
-        ("validity (EDM, largest fragment)", m["validity"]), ("validity (strict, one fragment)", m["validity_strict"]),
-        ("uniqueness", m["uniqueness"]), ("V x U", m["valid_and_unique"]), ("novelty", m["novelty"]),
-        ("validity (xyz2mol route)", m["validity_xyz2mol"]),
-    ]
-    text = f"""# Shipped model: `molecules` / QM9 (small EGNN, CPU-trained)
+    data = "user data" if ckpt.config["data"].get("path") else ckpt.data_config.get("source")
+    text = f"""# Shipped model: `{ckpt.domain}` / {data} ({ckpt.config['model'].get('network')})
 
-The default model of `sciffusion sample molecules`. Weights: EMA of step {ckpt.step} (safetensors,
-{n_params:,} parameters), hash `{ckpt.hash[:16]}`.
+The default model of `sciffusion sample {ckpt.domain}`. Weights: {_weights(ckpt)} of step {ckpt.step} (safetensors,
+{n_params:,} parameters), hash `{ckpt.hash[:16]}`{_exported(ckpt)}.
 
 ## Data
-QM9 (130,831 molecules, explicit hydrogens, elements H C N O F) from the PyPI package `qm9pack`
-1.0.3, EDM's training split (100,000 molecules). QM9: Ramakrishnan, Dral, Rupp, von Lilienfeld,
-"Quantum chemistry structures and properties of 134 kilo molecules", Scientific Data 1, 140022 (2014).
+{data_section(ckpt)}
 
 ## Training
-`sciffusion train molecules --config domains/molecules/configs/qm9_small.toml` on the CPU of a
-2-core VM (no GPU was available), one thread a process: {training_history(records)}
-EGNN hidden {model.get('hidden')}, {model.get('layers')} layers;
-EDM's polynomial_2 process (1000 steps) and eps loss; batch {train['batch_size']}, AdamW lr {train['lr']}
-with {train['warmup_steps']} warm-up steps and {train['decay']} decay, EMA {train['ema_decay']},
-adaptive gradient clipping; {train['steps']} steps = {train['steps'] * train['batch_size'] / 100000:.1f} epochs.
-Training loss (eps MSE): {', '.join(f'step {s}: {v:.3f}' for s, v in losses[:: max(1, len(losses) // 6)])}.
-This is a small, briefly trained model: EDM's reference network (5.3 M parameters) trained for
-about 1,100 epochs on a GPU. It is far from the published numbers below.
+{training_section(ckpt, records, Path(args.log) if args.log else None)}
 
-## Quality ({samples:,} samples, {sampler} on the {grid} grid, {nfe} steps = {2 * nfe - 1 if sampler == "heun" else nfe} network evaluations)
-Atom counts drawn from the training histogram; EDM's metric definitions (`docs/molecules.md`);
-novelty against the training split's SMILES.
-
-| metric | % |
-|---|---|
-""" + "\n".join(f"| {k} | {v:.2f} |" for k, v in rows if v is not None) + """
-
-For comparison (10,000 samples, from the papers): EDM (1000 NFE) atom 98.7, molecule 82.0,
-valid 91.9, V x U 90.7; the data itself 99.0 / 95.2 / 97.7.
-
-""" + (f"Generation: {samples:,} molecules in {seconds:.0f} s including SDF writing ({samples / seconds:.1f} / s)."
-       if seconds else _source_timing(Path(source))) + """
-""" + (f"\n## Sampler and step count\n\n{Path(sweep).read_text()}\n" if sweep and Path(sweep).is_file() else "") + f"""
+{quality_section(run, rows, setting, ours, held, n_held, made)}
+{sweep_section(sweep_rows) if sweep_rows else ''}
 ## Measured on
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPU cores, no GPU;
-`python domains/molecules/weights/ship.py {' '.join(sys.argv[1:])}`.
+{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()};
+`python domains/molecules/weights/ship.py {shlex.join(args.argv)}`.
 """
-    (TARGET / "MODEL_CARD.md").write_text(text)
-    print(text)
+    atomic_write_text(Path(args.out) if args.out else model / "MODEL_CARD.md", text)
+    return text
 
 
-def main() -> None:
+def _weights(ckpt) -> str:
+    """Which weights the checkpoint holds (an export says whether it took the EMA)."""
+    if ckpt.meta.get("exported_from", {}).get("used_ema") or ckpt.has("ema.safetensors"):
+        return "EMA"
+    return "raw (non-EMA) weights"
+
+
+def _exported(ckpt) -> str:
+    src = ckpt.meta.get("exported_from", {}).get("hash")
+    return f", exported from the training checkpoint `{src[:16]}`" if src else ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("card")
-    c.add_argument("--samples", type=int, default=2000)
-    c.add_argument("--nfe", type=int, default=None, help="default: the model's own")
-    c.add_argument("--sampler", default=None)
-    c.add_argument("--grid", default=None)
-    c.add_argument("--log", default="runs/qm9_small/log.jsonl")
-    c.add_argument("--sweep", default=None, help="a markdown file with the sampler sweep table to include")
-    c.add_argument("--from", dest="source", default=None, help="score this finished samples folder instead of sampling")
-    args = ap.parse_args()
-    card(args.samples, args.nfe, args.sampler, args.grid, args.log, args.sweep, args.source)
+    c = sub.add_parser("card", help="measure the model and write its MODEL_CARD.md")
+    c.add_argument("--model", default=str(TARGET), help="the checkpoint folder (default: the shipped qm9 model)")
+    c.add_argument("--out", default=None, help="where to write the card (default: MODEL_CARD.md in the model folder)")
+    c.add_argument("--samples", type=int, default=10000, help="samples of the quality section (model's own sampler)")
+    c.add_argument("--from", dest="source", default=None,
+                   help="score this finished samples folder of the model (made with its defaults) instead of sampling")
+    c.add_argument("--log", default=None, help="the training run's log.jsonl (or run folder) for the training history")
+    c.add_argument("--data-samples", type=int, default=None,
+                   help="held-out molecules scored for comparison (default: as many as --samples)")
+    c.add_argument("--sweep", nargs="+", default=None, metavar="SAMPLER:STEPS[:GRID]",
+                   help="also measure these sampling settings (ddpm:100 dpmpp_2m:50:log_snr)")
+    c.add_argument("--sweep-samples", type=int, default=500, help="samples per sweep cell")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    print(write_card(args))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from sciffusion.api import evaluate
 from sciffusion.core.registry import get_domain
 from sciffusion.core.spaces import ZeroMean
 from sciffusion.domains.molecules.chem import bond_matrix, stable_atoms
@@ -154,4 +155,28 @@ def test_train_sample_evaluate_on_a_users_sdf_file(tmp_path):
     back, _ = load_sdf(files[0])
     assert back[0].num_atoms in [m.num_atoms for m in mols]  # sizes come from the data's p(N)
     m = json.loads(cli("evaluate", "molecules", out, "--json"))
-    assert m["n_molecules"] == 12 and 0 <= m["atom_stability"] <= 100
+    # evaluate, reading the files back, agrees with the stability the writer computed while sampling
+    tags = [sd_tags(f) for f in files]
+    atoms = sum(int(t["atoms"]) for t in tags)
+    stable = sum(round(float(t["atom_stable_fraction"]) * int(t["atoms"])) for t in tags)
+    assert m["n_molecules"] == 12 and m["n_atoms"] == atoms
+    assert m["atom_stability"] == pytest.approx(100.0 * stable / atoms)
+    assert m["molecule_stability"] == pytest.approx(100.0 * sum(int(t["molecule_stable"]) for t in tags) / 12)
+    # and its figures mean something: the chemist's molecules are all stable, their atoms at random places are not
+    mine = evaluate("molecules", [sdf])
+    scrambled = evaluate("molecules", [write_sdf(tmp_path / "scrambled.sdf", [scramble(x) for x in mols])])
+    assert mine["atom_stability"] == mine["molecule_stability"] == 100.0
+    assert scrambled["atom_stability"] < 50.0 and scrambled["molecule_stability"] < 10.0
+
+
+def sd_tags(path: Path) -> dict[str, str]:
+    """The SD tags of a one-record SDF file: {name: value}."""
+    lines = path.read_text().splitlines()
+    return {line[3:-1]: lines[i + 1].strip() for i, line in enumerate(lines) if line.startswith("> <")}
+
+
+def scramble(mol: Molecule, seed: int = 0) -> Molecule:
+    """The same atoms at uniformly random places in the molecule's bounding box."""
+    rng = np.random.default_rng(seed)
+    lo, hi = mol.positions.min(0), mol.positions.max(0)
+    return Molecule(mol.atomic_numbers, rng.uniform(lo, hi, size=mol.positions.shape), name=mol.name)
