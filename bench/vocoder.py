@@ -49,44 +49,63 @@ def speed(config: str, steps: int) -> tuple[str, list[str]]:
     return table(["config", "channels x layers", "parameters", "batch", "s / step", "steps / s"], [row]), row
 
 
-def quality(model: str, clips: int, schedules: list[str], gl_iters: int) -> str:
-    from sciffusion.core.grids import make_grid
-    from sciffusion.core.samplers import get_sampler
+COPY_COLUMNS = ["sampler", "grid", "network calls", "SC", "LSD (dB)", "MCD (dB)", "pad rms", "RTF (s / s audio)"]
+
+
+def copy_scores(ref: torch.Tensor, wave: torch.Tensor, compute_s: float, rate: int) -> dict:
+    """Spectral convergence, LSD and MCD of ``wave`` against ``ref`` (B, L) over each clip's audio
+    (before FSDD's zero padding), the output level in the padding, and the real-time factor."""
+    from sciffusion.domains.audio.metrics import log_spectral_distance, mel_cepstral_distortion, spectral_convergence
+    from sciffusion.domains.audio.vocoder import trailing_silence_start
+
+    act = [trailing_silence_start(r) for r in ref]
+    pad = np.concatenate([wave[i, a:].numpy() ** 2 for i, a in enumerate(act)] + [np.zeros(1)])
+    return {"sc": float(np.mean([spectral_convergence(ref[i, :a], wave[i, :a]) for i, a in enumerate(act)])),
+            "lsd": float(np.mean([log_spectral_distance(ref[i, :a], wave[i, :a]) for i, a in enumerate(act)])),
+            "mcd": float(np.mean([mel_cepstral_distortion(ref[i, :a], wave[i, :a]) for i, a in enumerate(act)])),
+            "pad": float(np.sqrt(np.mean(pad))), "rtf": compute_s / (ref.numel() / rate)}
+
+
+def copy_synthesis(model: str, clips: int, schedules: list[str], gl_iters: int):
+    """(the vocoder, rows): Griffin-Lim, then the vocoder at each ``sampler:grid:steps`` schedule
+    (``Vocoder.with_sample``), on ``clips`` FSDD test clips spread over the split. Each row:
+    sampler, grid, network calls (None for Griffin-Lim) and ``copy_scores``."""
     from sciffusion.domains.audio.data import load_fsdd
     from sciffusion.domains.audio.mel import mel_to_waveform, waveform_to_mel
-    from sciffusion.domains.audio.metrics import log_spectral_distance, mel_cepstral_distortion, spectral_convergence
-    from sciffusion.domains.audio.vocoder import Vocoder, trailing_silence_start
+    from sciffusion.domains.audio.vocoder import Vocoder
 
     voc = Vocoder(model)
     test = load_fsdd("test", length=8000)
     idx = np.linspace(0, len(test) - 1, clips).round().astype(int).tolist()
     ref = test.waves[idx]
     mel = waveform_to_mel(ref, voc.mel_config)
-    seconds = ref.shape[0] * ref.shape[1] / voc.mel_config.sample_rate
-
-    def scores(w: torch.Tensor, dt: float, name: list[str]) -> list[str]:
-        act = [trailing_silence_start(r) for r in ref]  # the clip's audio, before FSDD's zero padding
-        sc = np.mean([spectral_convergence(ref[i, :a], w[i, :a]) for i, a in enumerate(act)])
-        lsd = np.mean([log_spectral_distance(ref[i, :a], w[i, :a]) for i, a in enumerate(act)])
-        mcd = np.mean([mel_cepstral_distortion(ref[i, :a], w[i, :a]) for i, a in enumerate(act)])
-        pad = np.sqrt(np.mean(np.concatenate([w[i, a:].numpy() ** 2 for i, a in enumerate(act)] + [np.zeros(1)])))
-        return name + [f"{sc:.3f}", f"{lsd:.2f}", f"{mcd:.2f}", f"{pad:.4f}", f"{dt / seconds:.3f}"]
-
-    rows = []
+    rate = voc.mel_config.sample_rate
     t0 = time.perf_counter()
     gl = mel_to_waveform(mel, voc.mel_config, n_iter=gl_iters, length=ref.shape[1])
-    rows.append(scores(gl, time.perf_counter() - t0, [f"Griffin-Lim ({gl_iters} it.)", "-", "-"]))
-    for spec in schedules:
-        name, grid, steps = spec.split(":")
-        voc.sampler = get_sampler(name)
-        voc.grid = make_grid(grid, voc.denoiser.process, int(steps))
+    rows = [{"sampler": f"Griffin-Lim ({gl_iters} it.)", "grid": "-", "calls": None,
+             **copy_scores(ref, gl, time.perf_counter() - t0, rate)}]
+    for schedule in schedules:
+        name, grid, steps = schedule.split(":")
+        v = voc.with_sample(sampler=name, grid=grid, steps=int(steps))
         t0 = time.perf_counter()
-        w = voc(mel, idx, ref.shape[1])
-        rows.append(scores(w, time.perf_counter() - t0, [name, grid, steps]))
-        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+        out = v.sample(mel, idx, ref.shape[1])
+        rows.append({"sampler": name, "grid": grid, "calls": out.network_calls,
+                     **copy_scores(ref, v.waveforms(out), time.perf_counter() - t0, rate)})
+        print(" | ".join(copy_cells(rows[-1])), file=sys.stderr, flush=True)
+    return voc, rows
+
+
+def copy_cells(row: dict) -> list[str]:
+    calls = "-" if row["calls"] is None else str(row["calls"])
+    return [row["sampler"], row["grid"], calls, f"{row['sc']:.3f}", f"{row['lsd']:.2f}", f"{row['mcd']:.2f}",
+            f"{row['pad']:.4f}", f"{row['rtf']:.3f}"]
+
+
+def quality(model: str, clips: int, schedules: list[str], gl_iters: int) -> str:
+    voc, rows = copy_synthesis(model, clips, schedules, gl_iters)
     head = (f"### Copy-synthesis of {clips} FSDD test clips with `{model}` (step {voc.ckpt.step}); scores over each "
             "clip's audio (before its zero padding); pad rms = output level in the padding\n\n")
-    return head + table(["sampler", "grid", "steps", "SC", "LSD (dB)", "MCD (dB)", "pad rms", "RTF (s / s audio)"], rows)
+    return head + table(COPY_COLUMNS, [copy_cells(r) for r in rows])
 
 
 def main(argv: list[str]) -> None:
@@ -95,7 +114,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed training steps")
     ap.add_argument("--model", help="vocoder checkpoint or run folder for the quality sweep")
     ap.add_argument("--clips", type=int, default=25)
-    ap.add_argument("--schedules", nargs="+", default=DEFAULT_SCHEDULES, help="sampler:grid:steps")
+    ap.add_argument("--schedules", nargs="+", default=DEFAULT_SCHEDULES,
+                    help="sampler:grid:steps (sample.* keys of each row; the table reports the network calls)")
     ap.add_argument("--gl-iters", type=int, default=32)
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = ap.parse_args(argv)

@@ -258,34 +258,17 @@ def resolve_config(domain: Domain, config: "str | Path | Mapping | None" = None,
 def denoiser_from_checkpoint(domain: Domain, ckpt, cfg: dict | None = None, *, prefer_ema: bool = True,
                              device="cpu") -> Denoiser:
     """Rebuild a checkpoint's denoiser with its (EMA) network weights, in eval mode on ``device``.
-    ``cfg`` overrides the checkpoint's config (e.g. sampling options); the model part must match."""
+    ``cfg`` overrides the checkpoint's config (e.g. sampling options); the model part must match.
+    Without it the checkpoint's own config is used, completed with today's defaults."""
     from .checkpoint import CheckpointError, load_weights
 
+    if cfg is None:
+        cfg = resolve_config(domain, base=ckpt.config, base_name=str(ckpt.path / "checkpoint.json"))
     try:
-        den = domain.build_denoiser(ckpt.config if cfg is None else cfg, ckpt.data_config)
+        den = domain.build_denoiser(cfg, ckpt.data_config)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path}: cannot build the '{domain.name}' model from the checkpoint's config "
                               f"({type(e).__name__}: {e})") from None
     name = "ema.safetensors" if prefer_ema and ckpt.has("ema.safetensors") else "model.safetensors"
     load_weights(den.network, ckpt.tensors(name), ckpt.path / name)
     return den.to(device).eval()
-
-
-def pick_device(device: str | None, local_rank: int | None = None) -> torch.device:
-    """The torch device for a run: ``device`` (cpu, cuda, cuda:1 ...) or CUDA when available; under
-    torchrun a bare "cuda" means this process's LOCAL_RANK GPU. Selects the CUDA device it returns."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device '{device}' (try cpu, cuda, cuda:1)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device '{device}' asked for, but CUDA is not available here")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
-        if dev.index >= torch.cuda.device_count():
-            raise InputError(f"device '{dev}' asked for, but there are {torch.cuda.device_count()} CUDA devices")
-        torch.cuda.set_device(dev)
-    return dev

@@ -116,11 +116,11 @@ class ExampleNoise:
     else is in the batch. Keep one instance per sampling run.
     """
 
-    def __init__(self, seeds: Sequence[int] | Tensor, counter: int = 0):
+    def __init__(self, seeds: Sequence[int] | Tensor, counter: int = 0, device=None):
         seeds = torch.as_tensor(seeds, dtype=torch.long).reshape(-1)
         if seeds.numel() and int(seeds.min()) < 0:
             raise ValueError("seeds must be non-negative integers")
-        self.seeds = seeds
+        self.seeds = seeds if device is None else seeds.to(device)  # checked on the host, kept where drawn
         self.counter = int(counter)
 
     def __len__(self) -> int:

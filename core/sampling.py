@@ -215,8 +215,7 @@ def generate_batch(domain, denoiser, seeds: Sequence[int], cfg: Mapping, data_co
         constraint = Inpaint(known.to(device), {k: m.to(device) for k, m in mask.items()}, denoiser.process)
     if null is None:
         null = guidance_null(domain, cfg, data_config, spec)
-    noise = ExampleNoise(seeds)  # seeds checked on the host; the counter stream lives on the device
-    noise.seeds = noise.seeds.to(device)
+    noise = ExampleNoise(seeds, device=device)
     return sample_batch(denoiser, tpl.x0, tpl.cond, noise, spec, null=null, constraint=constraint)
 
 

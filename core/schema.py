@@ -170,16 +170,23 @@ def _accepts(tp, v) -> bool:
     return isinstance(v, tp) if isinstance(tp, type) else True
 
 
-def _describe(tp) -> str:
+_NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+          str: ("a string", "strings"), dict: ("a table", "tables"), Any: ("a value", "values")}
+
+
+def _describe(tp, plural: bool = False) -> str:
     members = _union_args(tp)
     if members is not None:
-        return " or ".join(_describe(m) for m in members)
+        return " or ".join(_describe(m, plural) for m in members)
     origin = typing.get_origin(tp)
     if tp in (list, tuple) or origin in (list, tuple):
         args = typing.get_args(tp)
-        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table",
-            Any: "a value"}.get(tp if origin is None else origin, f"a {getattr(tp, '__name__', tp)}")
+        return "lists" if plural else (f"a list of {_describe(args[0], plural=True)}" if args else "a list")
+    key = tp if origin is None else origin
+    if key in _NAMES:
+        return _NAMES[key][1 if plural else 0]
+    name = getattr(tp, "__name__", str(tp))
+    return f"{name}s" if plural else f"a {name}"
 
 
 def _split_annotation(tp) -> tuple[Any, Check | None]:

@@ -27,8 +27,7 @@ def example_noise(x0: State, positions: Sequence[int] | np.ndarray, key: int) ->
     """Standard noise shaped like ``x0`` in each field's space, example i's draws keyed by
     (key, positions[i]) alone (``ExampleNoise`` on seeds hashed from them): a DDP slice or an
     accumulation micro-batch draws exactly what the whole batch would."""
-    noise = ExampleNoise(keyed_seeds(key, positions))
-    noise.seeds = noise.seeds.to(x0.device)
+    noise = ExampleNoise(keyed_seeds(key, positions), device=x0.device)
     return noise.normal(x0)
 
 

@@ -27,8 +27,11 @@ import torchaudio
 
 from sciffusion.core.io import InputError
 
+from .mel import mel_config_of, num_frames
+
 __all__ = ["AudioClips", "GroupSplit", "EveryKSplit", "FSDD_PATTERN", "FSDD_SPLIT", "AUDIO_EXTENSIONS",
-           "load_audio_folder", "load_audio_file", "crop_or_pad", "fsdd_root", "load_fsdd"]
+           "load_audio_folder", "load_audio_file", "crop_or_pad", "fsdd_root", "load_fsdd", "split_rule",
+           "load_examples", "clips_data_config"]
 
 FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -291,3 +294,99 @@ def load_fsdd(split: str | None = None, length: int | None = 8000, *, root: str 
         raise InputError("FSDD not found: set SCIFFUSION_FSDD or place it at ../shared/data/fsdd/recordings")
     return load_audio_folder(root, 8000, label_pattern=FSDD_PATTERN, split=split, split_rule=FSDD_SPLIT,
                              length=length, pad=pad, label_names=[str(d) for d in range(10)])
+
+
+# ----------------------------------------------------------------------------- the [data] table's examples
+# shared by the audio domain (mel model) and the vocoder domain, which read the same files
+
+
+SPLIT_PARTS = {"train": "train", "valid": "test", "test": "test"}
+
+
+def split_rule(data_cfg: dict, pattern: str | None) -> GroupSplit | EveryKSplit:
+    """The train/test rule of a ``[data]`` table: by a named group of the file name
+    (``split_group``), FSDD's upstream take split for the FSDD pattern, else every k-th file."""
+    group = data_cfg.get("split_group") or ""
+    if group:
+        if not pattern:
+            raise InputError("audio: data.split_group needs a data.label_pattern with that named group")
+        return GroupSplit(pattern, group, frozenset(str(v) for v in data_cfg.get("split_test_values") or []))
+    if pattern == FSDD_PATTERN and not data_cfg.get("labels_csv"):
+        return FSDD_SPLIT
+    return EveryKSplit(max(1, int(data_cfg.get("split_every", 10))), 0)
+
+
+def clip_samples(data_cfg: dict) -> int:
+    """Samples per clip: ``data.seconds`` at ``data.sample_rate``."""
+    seconds = float(data_cfg.get("seconds", 1.0))
+    if not seconds > 0:
+        raise InputError(f"audio: data.seconds must be positive, got {seconds!r}")
+    return int(round(seconds * int(data_cfg.get("sample_rate", 8000))))
+
+
+def data_root(data_cfg: dict) -> Path | str:
+    """``data.path``, or FSDD when it is empty (an error naming the ways to give data when FSDD is absent)."""
+    root = data_cfg.get("path") or ""
+    if root:
+        return root
+    found = fsdd_root()
+    if found is None:
+        raise InputError("audio: data.path is empty and the Free Spoken Digit Dataset was not found "
+                         "(set SCIFFUSION_FSDD to its folder, place it at ../shared/data/fsdd/recordings, "
+                         "or give data.path=FOLDER of WAV/FLAC files)")
+    return found
+
+
+def load_examples(data_cfg: dict, split: str) -> list[dict]:
+    """Examples of a split ("train", "valid" = "test") of a ``[data]`` table: dicts ``{"wave",
+    "label" (str or None), "sample_rate", "file"}``, clips cropped/padded to ``data.seconds``. A
+    split rule that leaves no test files gives an empty test split."""
+    part = SPLIT_PARTS.get(split)
+    if part is None:
+        raise ValueError(f"audio: unknown split {split!r}")
+    length = clip_samples(data_cfg)
+    root = data_root(data_cfg)
+    pattern = data_cfg.get("label_pattern") or None
+    rule = split_rule(data_cfg, pattern)
+    whole = isinstance(rule, EveryKSplit) and int(data_cfg.get("split_every", 10)) <= 1
+    if whole and part == "test":
+        return []
+    try:
+        clips = load_audio_folder(root, int(data_cfg.get("sample_rate", 8000)), label_pattern=pattern,
+                                  labels_csv=data_cfg.get("labels_csv") or None, split=None if whole else part,
+                                  split_rule=rule, length=length, downmix=bool(data_cfg.get("downmix")),
+                                  skip_bad=bool(data_cfg.get("skip_bad")))
+    except InputError as e:
+        if part == "test" and "no usable audio files" in str(e):
+            return []
+        raise
+    return clips_as_examples(clips)
+
+
+def clips_as_examples(clips: AudioClips) -> list[dict]:
+    names = clips.label_names
+    return [{"wave": clips.waves[i], "label": names[int(clips.labels[i])] if clips.labels is not None else None,
+             "sample_rate": clips.sample_rate, "file": str(clips.files[i])} for i in range(len(clips))]
+
+
+def clips_data_config(train_examples, cfg: dict) -> dict:
+    """The facts a checkpoint keeps of its training clips: source, mel settings, rate, clip length
+    and frames, label names (sorted) and counts (empty when any clip is unlabelled)."""
+    if not train_examples:
+        raise InputError("audio: the training split is empty")
+    data_cfg = cfg.get("data", {})
+    mel = mel_config_of(cfg)
+    samples = int(train_examples[0]["wave"].shape[-1])
+    labels = [e["label"] for e in train_examples]
+    names = [] if any(lab is None for lab in labels) else sorted(set(labels))
+    return {
+        "source": "fsdd" if not data_cfg.get("path") else str(data_cfg["path"]),
+        "mel": mel.to_dict(),
+        "sample_rate": mel.sample_rate,
+        "samples": samples,
+        "seconds": samples / mel.sample_rate,
+        "n_mels": mel.n_mels,
+        "frames": num_frames(samples, mel),
+        "label_names": names,
+        "label_counts": [labels.count(n) for n in names],
+    }

@@ -27,8 +27,10 @@ import torch
 from ...core.domain import Batch, Domain
 from ...core.io import InputError
 from ...core.state import State
-from .data import FSDD_PATTERN, FSDD_SPLIT, EveryKSplit, GroupSplit, fsdd_root, load_audio_folder
-from .mel import MelConfig, MelConfigMismatch, clip_wave, mel_to_waveform, num_frames, waveform_to_mel
+from .data import FSDD_PATTERN, clips_data_config, fsdd_root, load_audio_file, load_examples, load_fsdd
+from .mel import MelConfig, MelConfigMismatch, check_mel, clip_wave, mel_config_of, mel_to_waveform, waveform_to_mel
+from .tables import AudioData, AudioModel, AudioSample
+from .vocoder import VocoderDomain, load_vocoder
 
 CLASSIFIER_STEPS = 800
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -47,20 +49,17 @@ class AudioDomain(Domain):
         self._decode_opts: dict = {}
         self._fsdd_test = None  # FSDD's test split, loaded for the first picture that shows a real clip
 
+    def tables(self) -> dict:
+        return {"model": AudioModel, "data": AudioData, "sample": AudioSample}
+
     def defaults(self) -> dict:
+        """The mel model's recipe in the engine's tables (its own keys are in ``tables``)."""
         return {
-            "data": {"path": "", "label_pattern": FSDD_PATTERN, "labels_csv": "", "sample_rate": 8000,
-                     "seconds": 1.0, "split_every": 10, "split_group": "", "split_test_values": [],
-                     "skip_bad": False, "downmix": False, "mel": {}},
-            "model": {"network": "unet1d", "channels": 96, "mults": [1, 2, 2], "res_blocks": 2, "emb_dim": 0,
-                      "dropout": 0.0},
             "process": {"name": "vp_cosine"},
             "objective": {"prediction": "v", "condition_dropout": 0.1},
-            "train": {"batch_size": 32, "lr": 2e-4, "ema_decay": 0.999, "steps": 20000, "bf16": False,
-                      "ckpt_every": 1000, "log_every": 100, "grad_clip": 1.0},
-            "sample": {"sampler": "dpmpp_2m", "steps": 50, "batch_size": 64, "shard_size": 100, "label": -1,
-                       "griffin_lim_iters": 32, "spectrograms": True, "inpaint": "", "inpaint_span": [], "inpaint_fade": 0.01,
-                       "vocoder": "griffin_lim"},
+            "train": {"batch_size": 32, "lr": 2e-4, "steps": 20000, "bf16": False, "ckpt_every": 1000,
+                      "log_every": 100, "grad_clip": 1.0},
+            "sample": {"sampler": "dpmpp_2m", "batch_size": 64},
         }
 
     # ------------------------------------------------------------------ mel configuration
@@ -68,23 +67,11 @@ class AudioDomain(Domain):
     def mel_config(cfg_or_data_config: dict) -> MelConfig:
         """The MelConfig of a data config (``{"mel": {...}}``) or of a run config (``data.sample_rate``
         and the ``data.mel`` overrides)."""
-        d = cfg_or_data_config
-        if "mel" in d and isinstance(d["mel"], dict) and "n_fft" in d["mel"] and "data" not in d:
-            return MelConfig.from_dict(d["mel"])
-        data = d.get("data", d)
-        sr = int(data.get("sample_rate", 8000))
-        fields = {"sample_rate": sr, "f_max": float(min(4000.0, sr / 2))}
-        fields.update(data.get("mel") or {})
-        try:
-            return MelConfig.from_dict(fields)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"audio: invalid data.mel settings {data.get('mel')}: {e}") from None
+        return mel_config_of(cfg_or_data_config)
 
     def check_mel(self, data_config: dict, other: MelConfig | dict, where: str = "") -> MelConfig:
         """Raise ``MelConfigMismatch`` unless ``other`` equals the model's (data config's) MelConfig."""
-        mine = self.mel_config(data_config)
-        mine.check_compatible(other, where or "the model's mel settings vs the given ones")
-        return mine
+        return check_mel(data_config, other, where or "the model's mel settings vs the given ones")
 
     def mels(self, waves: torch.Tensor, data_config: dict, mel_config: MelConfig | dict | None = None) -> torch.Tensor:
         """Normalised mels (B, n_mels, frames) of waveforms (B, L) at the model's rate; a given
@@ -95,77 +82,13 @@ class AudioDomain(Domain):
         return waveform_to_mel(torch.as_tensor(waves, dtype=torch.float32), cfg)
 
     # ------------------------------------------------------------------ data
-    def _split_rule(self, data_cfg: dict, pattern: str | None):
-        group = data_cfg.get("split_group") or ""
-        if group:
-            if not pattern:
-                raise InputError("audio: data.split_group needs a data.label_pattern with that named group")
-            return GroupSplit(pattern, group, frozenset(str(v) for v in data_cfg.get("split_test_values") or []))
-        if pattern == FSDD_PATTERN and not data_cfg.get("labels_csv"):
-            return FSDD_SPLIT
-        return EveryKSplit(max(1, int(data_cfg.get("split_every", 10))), 0)
-
     def load_dataset(self, data_cfg: dict, split: str) -> list[dict]:
-        sr = int(data_cfg.get("sample_rate", 8000))
-        seconds = float(data_cfg.get("seconds", 1.0))
-        if not seconds > 0:
-            raise InputError(f"audio: data.seconds must be positive, got {seconds!r}")
-        length = int(round(seconds * sr))
-        root = data_cfg.get("path") or ""
-        if not root:
-            root = fsdd_root()
-            if root is None:
-                raise InputError("audio: data.path is empty and the Free Spoken Digit Dataset was not found "
-                                 "(set SCIFFUSION_FSDD to its folder, place it at ../shared/data/fsdd/recordings, "
-                                 "or give data.path=FOLDER of WAV/FLAC files)")
-        pattern = data_cfg.get("label_pattern") or None
-        csv = data_cfg.get("labels_csv") or None
-        part = {"train": "train", "valid": "test", "test": "test"}.get(split)
-        if part is None:
-            raise ValueError(f"audio: unknown split {split!r}")
-        every = int(data_cfg.get("split_every", 10))
-        rule = self._split_rule(data_cfg, pattern)
-        if isinstance(rule, EveryKSplit) and every <= 1 and part == "test":
-            return []
-        try:
-            clips = load_audio_folder(root, sr, label_pattern=pattern, labels_csv=csv,
-                                      split=None if (isinstance(rule, EveryKSplit) and every <= 1) else part,
-                                      split_rule=rule, length=length, downmix=bool(data_cfg.get("downmix")),
-                                      skip_bad=bool(data_cfg.get("skip_bad")))
-        except InputError as e:
-            if part == "test" and "no usable audio files" in str(e):
-                return []
-            raise
-        names = clips.label_names
-        out = []
-        for i in range(len(clips)):
-            lab = names[int(clips.labels[i])] if clips.labels is not None else None
-            out.append({"wave": clips.waves[i], "label": lab, "sample_rate": sr, "file": str(clips.files[i])})
-        return out
+        """The clips of a split (``data.load_examples``, shared with the vocoder domain)."""
+        return load_examples(data_cfg, split)
 
     def data_config(self, train_examples: Sequence[dict], cfg: dict) -> dict:
-        if not train_examples:
-            raise InputError("audio: the training split is empty")
-        data_cfg = cfg.get("data", {})
-        mel = self.mel_config(cfg)
-        samples = int(train_examples[0]["wave"].shape[-1])
-        labels = [e["label"] for e in train_examples]
-        if any(lab is None for lab in labels):
-            names, counts = [], []
-        else:
-            names = sorted(set(labels))
-            counts = [labels.count(n) for n in names]
-        return {
-            "source": "fsdd" if not data_cfg.get("path") else str(data_cfg["path"]),
-            "mel": mel.to_dict(),
-            "sample_rate": mel.sample_rate,
-            "samples": samples,
-            "seconds": samples / mel.sample_rate,
-            "n_mels": mel.n_mels,
-            "frames": num_frames(samples, mel),
-            "label_names": names,
-            "label_counts": counts,
-        }
+        """Mel settings, clip length and label names/counts of the training clips (``data.clips_data_config``)."""
+        return clips_data_config(train_examples, cfg)
 
     def collate(self, examples: Sequence[dict], data_config: dict) -> Batch:
         mel_cfg = self.mel_config(data_config)
@@ -234,8 +157,6 @@ class AudioDomain(Domain):
         s = cfg.get("sample") or {}
         vocoder = str(s.get("vocoder") or "griffin_lim")
         if vocoder == "shipped":
-            from .vocoder import VocoderDomain
-
             shipped = VocoderDomain().default_checkpoint()
             if shipped is None:
                 raise InputError("audio: sample.vocoder=shipped, but this installation has no shipped vocoder "
@@ -246,8 +167,6 @@ class AudioDomain(Domain):
         pending = self._decode_opts.get("seeds")
         pending = pending if pending is not None else collections.deque(maxlen=8)
         if vocoder != "griffin_lim":
-            from .vocoder import load_vocoder
-
             load_vocoder(vocoder).check_mel(self.mel_config(data_config), f"vocoder {vocoder} vs the mel model")
             pending.append([int(v) for v in seeds])
         self._decode_opts = {"griffin_lim_iters": int(s.get("griffin_lim_iters", 32)),
@@ -295,8 +214,6 @@ class AudioDomain(Domain):
             iters = int(self._decode_opts.get("griffin_lim_iters", 32))
             wave = mel_to_waveform(mel, mel_cfg, n_iter=iters, length=L)
         else:  # a vocoder checkpoint; its noise keyed by the batch's seeds (template's), else by position
-            from .vocoder import load_vocoder
-
             voc = load_vocoder(vocoder, x0["mel"].device)
             voc.check_mel(mel_cfg, f"vocoder {vocoder} vs the mel model")
             pending, seeds = self._decode_opts.get("seeds") or collections.deque(), list(range(mel.shape[0]))
@@ -361,8 +278,6 @@ class AudioDomain(Domain):
         if label is None or data_config.get("source") != "fsdd" or fsdd_root() is None:
             return None
         if self._fsdd_test is None:
-            from .data import load_fsdd
-
             self._fsdd_test = load_fsdd("test", length=int(data_config["samples"]))
         test = self._fsdd_test
         names = test.label_names
@@ -377,8 +292,6 @@ class AudioDomain(Domain):
         """A WAV/FLAC file at its own rate (``metrics`` resamples to the model's): the label comes
         from sciffusion's WAV comment, else from an FSDD-style file name, else unknown."""
         import soundfile as sf
-
-        from .data import load_audio_file
 
         path = Path(path)
         try:
@@ -414,8 +327,6 @@ class AudioDomain(Domain):
         """The FSDD evaluation classifier for these mel settings (trained once, about half a minute on
         one thread, then cached); None when FSDD is absent or the rate is not FSDD's 8 kHz."""
         from .classifier import load_classifier, train_classifier
-        from .data import load_fsdd
-
         if fsdd_root() is None or mel_cfg.sample_rate != 8000:
             return None
         key = json.dumps({"mel": mel_cfg.to_dict(), "clip": clip_samples, "steps": CLASSIFIER_STEPS}, sort_keys=True)
@@ -450,7 +361,6 @@ class AudioDomain(Domain):
         clf = self.classifier(mel_cfg, clip)
         if clf is None:
             return out
-        from .data import load_fsdd
         from .metrics import evaluate_samples
 
         ref = load_fsdd("train", length=clip)
@@ -470,8 +380,6 @@ class AudioDomain(Domain):
         """The protocol's anchors on FSDD (needs FSDD): ``test`` = the 250 test-split clips scored like
         generated clips, ``griffin_lim`` = the same clips through their mels and Griffin-Lim (the best
         a perfect mel model can score on the Griffin-Lim path)."""
-        from .data import load_fsdd
-
         test = load_fsdd("test", length=8000)
         names = test.label_names
         objs = [{"wave": test.waves[i].numpy(), "sample_rate": 8000, "label_name": names[int(test.labels[i])]}

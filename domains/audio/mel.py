@@ -24,12 +24,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 import torchaudio
 
+from ...core.io import InputError
+
 __all__ = ["MelConfig", "MelConfigMismatch", "DEFAULT_MEL", "waveform_to_mel", "mel_to_waveform",
-           "mel_to_linear", "denormalise_mel", "mel_filterbank", "stft_magnitude", "num_frames", "clip_wave"]
+           "mel_to_linear", "denormalise_mel", "mel_filterbank", "stft_magnitude", "num_frames", "clip_wave",
+           "mel_config_of", "run_mel_config", "check_mel"]
 
 
 class MelConfigMismatch(ValueError):
@@ -130,6 +134,40 @@ class MelConfig:
 
 
 DEFAULT_MEL = MelConfig()
+
+
+def _is_stored(d: Mapping) -> bool:
+    """A data config as checkpoints store it: a complete ``mel`` table and no ``data`` table."""
+    return isinstance(d.get("mel"), Mapping) and "n_fft" in d["mel"] and "data" not in d
+
+
+def run_mel_config(data: Mapping) -> MelConfig:
+    """The MelConfig a ``[data]`` table asks for: its ``sample_rate``, ``f_max`` = min(4 kHz,
+    Nyquist), then its ``mel`` overrides (any MelConfig field)."""
+    sr = int(data.get("sample_rate", 8000))
+    fields = {"sample_rate": sr, "f_max": float(min(4000.0, sr / 2))}
+    fields.update(data.get("mel") or {})
+    try:
+        return MelConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"audio: invalid data.mel settings {data.get('mel')}: {e}") from None
+
+
+def mel_config_of(cfg_or_data_config: Mapping) -> MelConfig:
+    """The MelConfig of a data config (``{"mel": {...}}``, as checkpoints store it) or of a run
+    config (its ``data`` table; a bare ``data`` table works too)."""
+    d = cfg_or_data_config
+    if _is_stored(d):
+        return MelConfig.from_dict(d["mel"])
+    return run_mel_config(d.get("data", d))
+
+
+def check_mel(data_config: Mapping, other: "MelConfig | dict", where: str) -> MelConfig:
+    """The data config's MelConfig; ``MelConfigMismatch`` unless ``other`` equals it (``where``
+    says which model and data met)."""
+    mine = mel_config_of(data_config)
+    mine.check_compatible(other, where)
+    return mine
 
 
 def num_frames(num_samples: int, cfg: MelConfig) -> int:

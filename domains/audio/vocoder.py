@@ -7,7 +7,7 @@ cond: ``{"mel": (B, n_mels, frames)}``, the audio domain's normalised log-mel of
 ``"reference"`` (B, L), the clip being re-synthesised, and ``"source"`` (its file names); the
 network reads only ``"mel"``.
 
-- Data: the audio domain's loaders and split rules (``AudioDomain.load_dataset``: FSDD or a folder
+- Data: the audio domain's loaders and split rules (``data.load_examples``: FSDD or a folder
   of WAV/FLAC, clips cropped/padded to ``data.seconds``). Training examples are random segments of
   ``data.segment_seconds`` (rounded to whole hops) starting on a hop boundary inside the clip's
   audio (before its trailing zero padding; a segment may run into the padding, which teaches
@@ -15,9 +15,10 @@ network reads only ``"mel"``.
   the global RNGs from (seed, step, example position) before each ``collate``, so the segments are a
   function of those alone.
 - Process: DDPM's discrete linear betas, beta_1..beta_T = linspace(1e-4, 0.05, 50) (DiffWave's
-  T = 50 schedule), as ``TabulatedVP.from_alphas_cumprod``; the network is trained on continuous t
-  in [t_min, 1] (the tabulated log-SNR is interpolated between the steps), so any time grid works
-  at sampling: the default is a 6-step grid (see ``docs/audio.md`` for the measured choice).
+  T = 50 schedule): the core's ``ddpm_linear`` process (``core.process.LinearBetaVP``). The network
+  is trained on continuous t in [t_min, 1] (the tabulated log-SNR is interpolated between the
+  steps), so any time grid works at sampling: the default is a 6-step grid (see ``docs/audio.md``
+  for the measured choice).
 - Generation (``sciffusion sample CKPT -n N sample.input=FOLDER``): copy-synthesis; seed s takes the
   s-th file (sorted by name) of ``sample.input`` (a folder of WAV/FLAC or one file), cropped or
   padded to ``data.seconds`` like the training clips, and writes ``{seed:08d}.wav``. Without
@@ -30,6 +31,7 @@ vocoder that turns mels into waveforms with per-example noise keyed by seeds.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -39,17 +41,16 @@ import numpy as np
 import torch
 
 from ...core.checkpoint import check_domain, load_checkpoint
-from ...core.config import deep_merge
 from ...core.domain import Batch, Domain, denoiser_from_checkpoint, resolve_config
 from ...core.io import InputError
 from ...core.noise import ExampleNoise
 from ...core.process import LinearBetaVP
-from ...core.sampling import SampleSpec, sample_batch
+from ...core.sampling import Sampled, SampleSpec, sample_batch
 from ...core.state import State
-from .data import AUDIO_EXTENSIONS, crop_or_pad, load_audio_file
-from .domain import AudioDomain
-from .mel import MelConfig, MelConfigMismatch, clip_wave, num_frames, waveform_to_mel
+from .data import AUDIO_EXTENSIONS, clips_data_config, crop_or_pad, load_audio_file, load_examples
+from .mel import MelConfig, MelConfigMismatch, check_mel, clip_wave, mel_config_of, num_frames, waveform_to_mel
 from .metrics import log_spectral_distance, mel_cepstral_distortion, spectral_convergence
+from .tables import VocoderData, VocoderModel, VocoderSample
 
 __all__ = ["VocoderDomain", "Vocoder", "load_vocoder", "ddpm_linear_process", "trailing_silence_start"]
 
@@ -86,43 +87,41 @@ class VocoderDomain(Domain):
     file_suffix = ".wav"
 
     def __init__(self):
-        self._audio = AudioDomain()
         self._split_cache: dict = {}
 
+    def tables(self) -> dict:
+        return {"model": VocoderModel, "data": VocoderData, "sample": VocoderSample}
+
     def defaults(self) -> dict:
-        data = deep_merge(self._audio.defaults()["data"], {"segment_seconds": 0.25})
+        """DiffWave's recipe in the engine's tables (T = 50 linear betas to 0.05, eps-prediction) and
+        a few-step sampler (its own keys are in ``tables``)."""
         return {
-            "data": data,
-            "model": {"network": "diffwave", "residual_channels": 64, "layers": 30, "dilation_cycle": 10,
-                      "step_dim": 128, "step_hidden": 512, "upsample_strides": []},
-            "process": {"name": "ddpm_linear", "timesteps": 50, "beta_start": 1e-4, "beta_end": 0.05},
-            "objective": {"prediction": "eps", "weighting": "uniform", "time_sampler": "uniform", "t_min": 1e-3,
-                          "condition_dropout": 0.0},
-            "train": {"batch_size": 16, "lr": 2e-4, "ema_decay": 0.999, "steps": 100000, "bf16": False,
-                      "grad_clip": 1.0, "ckpt_every": 1000, "log_every": 100, "sample_n": 8},
-            "sample": {"sampler": "ddpm", "steps": 6, "grid": "log_snr", "batch_size": 16, "shard_size": 100,
-                       "input": ""},
+            "process": {"name": "ddpm_linear", "timesteps": 50, "beta_end": 0.05},
+            "objective": {"prediction": "eps", "weighting": "uniform", "time_sampler": "uniform"},
+            "train": {"batch_size": 16, "lr": 2e-4, "steps": 100000, "bf16": False, "grad_clip": 1.0,
+                      "ckpt_every": 1000, "log_every": 100, "sample_n": 8},
+            "sample": {"sampler": "ddpm", "steps": 6, "grid": "log_snr", "batch_size": 16},
         }
 
     # ------------------------------------------------------------------ mel configuration
     def mel_config(self, cfg_or_data_config: dict) -> MelConfig:
-        return self._audio.mel_config(cfg_or_data_config)
+        return mel_config_of(cfg_or_data_config)
 
     def check_mel(self, data_config: dict, other: MelConfig | dict, where: str = "") -> MelConfig:
         """Raise ``MelConfigMismatch`` unless ``other`` equals the vocoder's MelConfig."""
-        return self._audio.check_mel(data_config, other, where or "the vocoder's mel settings vs the given ones")
+        return check_mel(data_config, other, where or "the vocoder's mel settings vs the given ones")
 
     # ------------------------------------------------------------------ data
     def load_dataset(self, data_cfg: dict, split: str) -> list[dict]:
         """The audio domain's examples (same files, split and clip length), each with ``active``:
         its samples before the trailing zero padding."""
-        examples = self._audio.load_dataset(data_cfg, split)
+        examples = load_examples(data_cfg, split)
         for e in examples:
             e["active"] = trailing_silence_start(e["wave"])
         return examples
 
     def data_config(self, train_examples: Sequence[dict], cfg: dict) -> dict:
-        dc = self._audio.data_config(train_examples, cfg)
+        dc = clips_data_config(train_examples, cfg)
         dc.pop("label_names", None)
         dc.pop("label_counts", None)
         mel = self.mel_config(dc)
@@ -185,7 +184,7 @@ class VocoderDomain(Domain):
         data_cfg = dict(cfg.get("data") or {})
         key = json.dumps(data_cfg, sort_keys=True, default=str)
         if key not in self._split_cache:
-            self._split_cache = {key: self._audio.load_dataset(data_cfg, "test")}
+            self._split_cache = {key: load_examples(data_cfg, "test")}
         test = self._split_cache[key]
         if not test:
             raise InputError("vocoder: sample.input is empty and the data has no test split to re-synthesise; "
@@ -326,21 +325,42 @@ class Vocoder:
     def check_mel(self, other: MelConfig | dict, where: str) -> None:
         self.mel_config.check_compatible(other, where)
 
+    def with_sample(self, **keys) -> "Vocoder":
+        """This vocoder with other ``[sample]`` keys (``sampler``, ``grid``, ``steps`` ...), checked
+        like a config file's; the network is shared, not copied, so keys that change it (``use_ema``,
+        ``dtype``) need a vocoder of their own."""
+        shared = sorted({"use_ema", "dtype"} & set(keys))
+        if shared:
+            raise ValueError(f"vocoder: with_sample keeps the loaded network; sample.{shared[0]} needs its own "
+                             "Vocoder (load the checkpoint with that config)")
+        other = copy.copy(self)
+        other.config = resolve_config(self.domain, {"sample": keys}, base=self.config,
+                                      base_name=str(self.ckpt.path / "checkpoint.json"))
+        other.spec = SampleSpec.from_config(other.config["sample"], self.denoiser.process)
+        return other
+
     @torch.no_grad()
-    def __call__(self, mel: torch.Tensor, seeds: Sequence[int], length: int) -> torch.Tensor:
-        """Waveforms (B, length) from normalised mels (B, n_mels, frames); example i's noise comes
-        from seeds[i] alone (field stream ``wave``)."""
+    def sample(self, mel: torch.Tensor, seeds: Sequence[int], length: int) -> Sampled:
+        """The sampled batch (``x0["wave"]`` (B, 1, length), network calls) for normalised mels
+        (B, n_mels, frames); example i's noise comes from seeds[i] alone (field stream ``wave``)."""
         mel = torch.as_tensor(mel, dtype=torch.float32).to(self.device)
         if mel.dim() != 3 or mel.shape[1] != self.mel_config.n_mels:
             raise MelConfigMismatch(f"{self.ckpt.path}: mels of shape {tuple(mel.shape)} do not fit the vocoder's "
                                     f"mel settings (expected (B, {self.mel_config.n_mels}, frames))")
         if len(seeds) != mel.shape[0]:
             raise ValueError(f"vocoder: {len(seeds)} seeds for {mel.shape[0]} mels")
-        noise = ExampleNoise([int(s) for s in seeds])
-        noise.seeds = noise.seeds.to(self.device)
+        noise = ExampleNoise([int(s) for s in seeds], device=self.device)
         like = State.dense(wave=torch.zeros(mel.shape[0], 1, int(length), device=self.device))
-        out = sample_batch(self.denoiser, like, {"mel": mel}, noise, self.spec)
-        return out.x0["wave"][:, 0].float().clamp(-1.0, 1.0)
+        return sample_batch(self.denoiser, like, {"mel": mel}, noise, self.spec)
+
+    @staticmethod
+    def waveforms(sampled: Sampled) -> torch.Tensor:
+        """The waveforms (B, length) of a sampled batch, float32 clamped to [-1, 1]."""
+        return sampled.x0["wave"][:, 0].float().clamp(-1.0, 1.0)
+
+    def __call__(self, mel: torch.Tensor, seeds: Sequence[int], length: int) -> torch.Tensor:
+        """Waveforms (B, length) in [-1, 1] from normalised mels (B, n_mels, frames) (see ``sample``)."""
+        return self.waveforms(self.sample(mel, seeds, length))
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,159 +1,408 @@
-"""Export trained FSDD runs as the shipped audio models and measure them for the model card.
+"""Export trained FSDD runs as the shipped audio models and write their model card from measurements.
 
     sciffusion export runs/fsdd_mel --out domains/audio/weights/fsdd --replace sample.guidance=1.5
     sciffusion export runs/fsdd_vocoder --out domains/audio/weights/fsdd_vocoder --replace
-    python domains/audio/weights/ship.py card --samples 1000        # measure, write MODEL_CARD.md
+    OMP_NUM_THREADS=1 python domains/audio/weights/ship.py card --samples 1000 \
+        --log runs/fsdd_mel/log.jsonl --vocoder-log runs/fsdd_vocoder/log.jsonl
 
-Every number in MODEL_CARD.md comes from the `card` run that wrote it (machine recorded there).
+Every fact of MODEL_CARD.md comes from one of three places: the checkpoints (config, data config,
+step, weights, the trainer's last record), the training runs' logs when given (``--log``,
+``--vocoder-log``: sessions, devices, loss curves), or what the card run measures (the FSDD files
+and the README beside them, the generated clips' metrics, timing and network calls, the
+classifier's accuracy on the test split, the vocoder's copy-synthesis scores, the machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import re
+import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MEL = HERE / "fsdd"
 VOCODER = HERE / "fsdd_vocoder"
+BENCH = HERE.parents[2] / "bench"
+
+#: the quality table's columns: (header, metric key, format of the value)
+METRICS = [("n", "n", "{:.0f}"), ("FID", "fid", "{:.2f}"), ("IS", "is", "{:.2f}"), ("mIS", "mis", "{:.1f}"),
+           ("AM", "am", "{:.3f}"), ("NDB/K", "ndb_k", "{:.2f}"), ("accuracy %", "accuracy", "{:.1%}"),
+           ("FID-class", "fid_class", "{:.2f}")]
 
 
-def _losses(log: str | None) -> str:
+class CardError(SystemExit):
+    """A source of the card that is missing or does not describe the checkpoint (exit code 1)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def machine() -> str:
+    """This machine as the run finds it: host, OS, CPU, cores, threads, Python, torch and CUDA."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    from common import cpu_model
+
+    if torch.cuda.is_available():
+        gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        cuda = f"CUDA {torch.version.cuda}: {gpus}"
+    else:
+        cuda = "no CUDA device" + (f" (torch built for CUDA {torch.version.cuda})" if torch.version.cuda else "")
+    return (f"{platform.node()}, {platform.platform()}, {cpu_model()}, {os.cpu_count()} CPU cores "
+            f"(torch threads: {torch.get_num_threads()}); Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {cuda}")
+
+
+# ----------------------------------------------------------------------------- the data
+
+
+def shown(path: Path) -> str:
+    """A path as the card names it: relative to the repository root."""
+    return os.path.relpath(Path(path).resolve(), HERE.parents[2])
+
+
+def fsdd_readme() -> dict:
+    """The source and license lines of the README beside the FSDD recordings this run reads."""
+    from sciffusion.domains.audio.data import fsdd_root
+
+    root = fsdd_root()
+    readme = root.parent / "README.md" if root is not None else None
+    if readme is None or not readme.is_file():
+        raise CardError("the FSDD recordings or the README beside them were not found (../shared/data/fsdd or "
+                        "$SCIFFUSION_FSDD): the card measures on FSDD and must credit it")
+    lines = {m.group(1).lower(): m.group(2).strip() for m in re.finditer(r"^- (Source|License): (.+)$",
+                                                                          readme.read_text(), re.M)}
+    if "license" not in lines:
+        raise CardError(f"{readme}: no '- License:' line to credit the dataset with")
+    return {"file": readme, "source": lines.get("source", "not stated"), "license": lines["license"]}
+
+
+def split_text(data_cfg: dict) -> str:
+    """The train/test rule the checkpoint's data table selects (``data.split_rule``)."""
+    from sciffusion.domains.audio.data import EveryKSplit, split_rule
+
+    rule = split_rule(data_cfg, data_cfg.get("label_pattern") or None)
+    if isinstance(rule, EveryKSplit):
+        return f"every {rule.k}-th file (sorted by name) is a test file"
+    values = sorted(rule.test_values, key=lambda v: (len(v), v))
+    return f"files whose `{rule.group}` is {', '.join(values)} form the test split"
+
+
+def speakers(examples: list[dict], pattern: str) -> list[str]:
+    """The distinct ``speaker`` groups of the examples' file names (none when the pattern has no such group)."""
+    found = set()
+    for e in examples:
+        m = re.match(pattern, Path(e["file"]).name) if pattern else None
+        if m is not None and m.groupdict().get("speaker"):
+            found.add(m.group("speaker"))
+    return sorted(found)
+
+
+def data_section(ckpt, readme: dict, test: list[dict], train_clips: int) -> str:
+    cfg, dc = ckpt.config["data"], ckpt.data_config
+    who = speakers(test, cfg.get("label_pattern", ""))
+    by = f" by {len(who)} speakers ({', '.join(who)})" if who else ""
+    where = f"`{cfg['path']}`" if cfg.get("path") else "FSDD, read in place"
+    return f"""{where}: labels {', '.join(dc['label_names'])}; {train_clips:,} training clips (the checkpoint's label counts)
+and {len(test):,} test clips{by}, as this run found them; {split_text(cfg)}.
+Clips at {dc['sample_rate']:,} Hz, centre-cropped or zero-padded to {dc['seconds']:g} s ({dc['samples']:,} samples).
+FSDD's README (`{shown(readme['file'])}`): source: {readme['source']}
+License: {readme['license']}
+These weights are derived from the FSDD recordings and are shared under the license named there, with that credit."""
+
+
+def mel_text(dc: dict) -> str:
+    m = dc["mel"]
+    return (f"log-mel at {m['sample_rate']:,} Hz: n_fft {m['n_fft']}, window {m['win_length']}, hop {m['hop_length']}, "
+            f"{m['n_mels']} {m['mel_scale']} bands over {m['f_min']:g}-{m['f_max']:g} Hz, power {m['power']:g}, "
+            f"normalised from [{m['db_min']:g}, {m['db_max']:g}] dB to [-1, 1]; {dc['frames']} frames per clip")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def training_records(log: Path, ckpt) -> list[dict]:
+    """The log records of the run that made ``ckpt``, up to its step; the run folder's config.json
+    must describe the same model and data, and the log must reach the checkpoint's step."""
     from sciffusion.core.train import read_log
 
-    rows = [(r["step"], r["loss"], r.get("elapsed")) for r in (read_log(log) if log else []) if "loss" in r]
-    if not rows:
-        return "(log not available)"
-    pick = rows[:: max(1, len(rows) // 6)] + rows[-1:]
-    text = ", ".join(f"step {s}: {v:.3f}" for s, v, _ in pick)
-    if rows and rows[-1][2]:
-        text += f" ({rows[-1][2] / 3600:.1f} h of training)"
-    return text
+    records = read_log(log)
+    if not records:
+        raise CardError(f"{log}: no training log there")
+    folder = log.parent if log.is_file() else log
+    try:
+        run_cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CardError(f"{folder}: no readable config.json beside the log ({e})") from None
+    if run_cfg.get("model") != ckpt.config.get("model") or run_cfg.get("data") != ckpt.config.get("data"):
+        raise CardError(f"{folder}: the run's model or data config is not the checkpoint's")
+    if not any(r.get("step") == ckpt.step and "loss" in r for r in records):
+        raise CardError(f"{log}: the log has no training record at the checkpoint's step {ckpt.step}")
+    return [r for r in records if int(r.get("step", 0)) <= ckpt.step]
 
 
-def _metric_row(name: str, m: dict) -> str:
-    acc = f"{100 * m['accuracy']:.1f}" if "accuracy" in m else "-"
-    fc = f"{m['fid_class']:.2f}" if "fid_class" in m else "-"
-    return f"| {name} | {int(m['n'])} | {m['fid']:.2f} | {m['is']:.2f} | {m['mis']:.1f} | {m['am']:.3f} | {m['ndb_k']:.2f} | {acc} | {fc} |"
+def sessions(records: list[dict]) -> list[dict]:
+    """Training sessions of a log: first and last step, processes, device and training seconds."""
+    out: list[dict] = []
+    for rec in records:
+        if rec.get("event") in ("start", "resume"):
+            out.append({"from": rec["step"], "to": rec["step"], "world": rec.get("world_size", 1),
+                        "device": rec.get("device", "an unrecorded device"), "s": 0.0})
+        elif "loss" in rec and out:
+            out[-1].update(to=rec["step"], s=rec.get("elapsed") or out[-1]["s"])
+    return [s for s in out if s["to"] > s["from"]]
 
 
-def card(samples: int, guidances: list[float], log: str | None, vocoder_log: str | None) -> None:
-    from sciffusion import api
-    from sciffusion.core.checkpoint import load_checkpoint
+def loss_curve(records: list[dict], points: int = 7) -> str:
+    """About ``points`` (step, training loss) pairs of the log, the last one included."""
+    losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    if not losses:
+        return "not in the log"
+    picked = losses[::max(1, len(losses) // (points - 1))]
+    if picked[-1] != losses[-1]:
+        picked.append(losses[-1])
+    return ", ".join(f"step {s:,}: {v:.3f}" for s, v in picked)
+
+
+def processes(world: int) -> str:
+    return "one process" if world == 1 else f"{world} processes"
+
+
+def history_text(ckpt, records: list[dict] | None, log: Path | None) -> str:
+    """The trainer's record in the checkpoint, and the log's sessions and losses when given."""
+    meta, pred = ckpt.meta, ckpt.config["objective"]["prediction"]
+    train, last = meta.get("train", {}), meta.get("metrics", {})
+    seen, n = train.get("examples_seen"), train.get("train_examples")
+    epochs = f" = {seen / n:.1f} epochs of {n:,} clips" if seen and n else ""
+    text = (f"Step {ckpt.step:,} ({seen or 0:,} examples{epochs}) in {processes(train.get('world_size', 1))}; "
+            f"{last.get('elapsed', 0) / 60:.0f} min of training by the trainer's clock; last logged loss "
+            f"({pred}-prediction MSE) {last.get('loss', float('nan')):.3f}.")
+    if records is None:
+        return text + " No training log was given (`--log`): the devices and the loss curve are not known here."
+    runs = "; ".join(f"steps {s['from']:,} to {s['to']:,} in {processes(s['world'])} on {s['device']} "
+                     f"({s['s'] / 60:.0f} min)" for s in sessions(records))
+    return (text + f"\nFrom the run's log (`{log}`): {runs or 'no sessions recorded'}."
+            f"\nTraining loss: {loss_curve(records)}.")
+
+
+def pairs(table: dict, skip: str = "") -> str:
+    return ", ".join(f"{k} {v}" for k, v in table.items() if k != skip)
+
+
+def recipe_text(cfg: dict) -> str:
+    """The checkpoint's network, process, objective and optimisation settings."""
+    m, o, t = cfg["model"], cfg["objective"], cfg["train"]
+    return (f"Network: {m['network']}, {pairs(m, 'network')}.\n"
+            f"Process: {cfg['process']['name']} ({pairs(cfg['process'], 'name') or 'its defaults'}); "
+            f"objective: {o['prediction']}-prediction, weighting {o['weighting']}, time sampler {o['time_sampler']}, "
+            f"condition dropout {o['condition_dropout']}.\n"
+            f"Optimisation: batch {t['batch_size']}, AdamW lr {t['lr']}, {t['warmup_steps']} warm-up steps, "
+            f"{t['decay']} decay to {t['min_lr_ratio']} x lr, EMA {t['ema_decay']}, grad_clip {t['grad_clip']}.")
+
+
+def resolved(ckpt) -> dict:
+    """The checkpoint's config with every default filled in (what sampling and the recipe use)."""
+    from sciffusion.core.domain import resolve_config
     from sciffusion.core.registry import get_domain
 
-    domain = get_domain("audio")
-    ckpt = load_checkpoint(MEL)
-    cfg = ckpt.config
-    s = cfg["sample"]
-    n_params = sum(v.numel() for v in ckpt.weights().values())
-    rows, timing = [], ""
-    for g in guidances:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            res = api.sample("audio", Path(tmp) / "out", n=samples, guidance=g, progress=False,
-                             overrides=["sample.spectrograms=false"])
-            sec = time.perf_counter() - t0
-            m = api.evaluate("audio", [res.out])
-        rows.append(_metric_row(f"shipped model, guidance {g:g}" + (" (default)" if g == float(s.get("guidance", 0)) else ""), m))
-        timing += f"- guidance {g:g}: {samples} clips in {sec:.0f} s with WAV writing ({samples / sec:.1f} clips/s)\n"
-        print(rows[-1], flush=True)
-    anchors = domain.reference_metrics()
-    rows += [_metric_row("FSDD test split itself", anchors["test"]),
-             _metric_row("test split through mel + Griffin-Lim (32 it.)", anchors["griffin_lim"])]
-    train, model = cfg["train"], cfg["model"]
-    vocoder = ""
-    if (VOCODER / "checkpoint.json").is_file():
-        vocoder = _vocoder_section(vocoder_log, 50)
-    text = f"""# Shipped model: `audio` / FSDD spoken digits (class-conditional mel diffusion, CPU-trained)
+    return resolve_config(get_domain(ckpt.domain), base=ckpt.config, base_name=str(ckpt.path / "checkpoint.json"))
 
-The default model of `sciffusion sample audio` (`sample.label=7` says a seven). Weights: EMA of step
-{ckpt.step} (safetensors, {n_params:,} parameters), hash `{ckpt.hash[:16]}`.
+
+def weights_text(ckpt) -> str:
+    ema = ckpt.meta.get("exported_from", {}).get("used_ema") or ckpt.has("ema.safetensors")
+    n = sum(v.numel() for v in ckpt.weights().values())
+    which = "EMA" if ema else "raw (non-EMA) weights"
+    return f"{which} of step {ckpt.step:,} (safetensors, {n:,} parameters), hash `{ckpt.hash[:16]}`"
+
+
+# ----------------------------------------------------------------------------- sampling and quality
+
+
+def generate(model: Path, n: int, guidance: float, out: Path) -> dict:
+    """Sample ``n`` clips of the mel model into ``out``; its run.json (timing, device, calls)."""
+    from sciffusion import api
+
+    api.sample(str(model), out, n=n, guidance=guidance, progress=False, overrides=["sample.spectrograms=false"])
+    return json.loads((out / "run.json").read_text())
+
+
+def metric_row(name: str, m: dict) -> str:
+    cells = [fmt.format(m[key]).rstrip("%") if key in m else "-" for _, key, fmt in METRICS]
+    return "| " + " | ".join([name, *cells]) + " |"
+
+
+def quality_rows(model: Path, samples: int, guidances: list[float], default: float,
+                 tmp: Path) -> tuple[list[str], list[str]]:
+    """(table rows, timing lines) for the mel model at each guidance weight."""
+    from sciffusion import api
+
+    rows, timing = [], []
+    for g in guidances:
+        run = generate(model, samples, g, tmp / f"g{g:g}")
+        m = api.evaluate("audio", [tmp / f"g{g:g}"], checkpoint=model)
+        rows.append(metric_row(f"shipped model, guidance {g:g}" + (" (default)" if g == default else ""), m))
+        timing.append(f"- guidance {g:g}: {run['files']:,} clips in {run['seconds']:.0f} s with WAV writing "
+                      f"({run['samples_per_s']:.1f} clips/s) on {run['device']}, {run['network_calls_per_sample']} "
+                      f"network calls a clip")
+        print(rows[-1], flush=True)
+    return rows, timing
+
+
+def sampling_text(cfg: dict) -> str:
+    s = cfg["sample"]
+    label = "drawn per seed from the training label counts" if s["label"] == -1 else f"`sample.label = {s['label']}`"
+    return (f"Default: {s['sampler']} on the {s['grid']} grid, {s['steps']} steps, classifier-free guidance "
+            f"{s['guidance']}, then `sample.vocoder = {s['vocoder']}`"
+            + (f" ({s['griffin_lim_iters']} iterations)" if s["vocoder"] == "griffin_lim" else "")
+            + f"; the label is {label} unless `sample.label` is set.")
+
+
+# ----------------------------------------------------------------------------- the vocoder
+
+
+def vocoder_verdict(rows: list[dict], mel_cfg: dict) -> str:
+    """What the copy-synthesis table says of the vocoder's default schedule against Griffin-Lim."""
+    gl, default = rows[0], rows[1]
+    worse = [k.upper() for k in ("sc", "lsd", "mcd") if default[k] > gl[k]]
+    verdict = (f"worse than Griffin-Lim on {', '.join(worse)}" if worse
+               else "at least as good as Griffin-Lim on SC, LSD and MCD")
+    return (f"At its default schedule the vocoder scores {verdict}; the mel model's default waveform path is "
+            f"`sample.vocoder = {mel_cfg['sample']['vocoder']}`.")
+
+
+
+
+def shipped_as(path: Path) -> str:
+    from sciffusion.domains.audio.vocoder import VocoderDomain
+
+    shipped = VocoderDomain().default_checkpoint()
+    return ", `sample.vocoder=shipped`" if shipped is not None and shipped.resolve() == Path(path).resolve() else ""
+
+
+def vocoder_section(model: Path, log: Path | None, mel_cfg: dict, clips: int) -> str:
+    """The vocoder: its checkpoint, training, and copy-synthesis scores measured here."""
+    from sciffusion.core.checkpoint import load_checkpoint
+
+    sys.path.insert(0, str(BENCH))
+    from vocoder import COPY_COLUMNS, copy_cells, copy_synthesis
+
+    from common import table
+
+    ckpt = load_checkpoint(model)
+    cfg = resolved(ckpt)
+    s = cfg["sample"]
+    records = training_records(log, ckpt) if log else None
+    schedules = [f"{s['sampler']}:{s['grid']}:{s['steps']}", f"{s['sampler']}:{s['grid']}:{2 * s['steps']}"]
+    _, rows = copy_synthesis(str(model), clips, schedules, 32)
+    return f"""## Neural vocoder (`{shown(ckpt.path)}`{shipped_as(ckpt.path)})
+Mel-conditioned waveform diffusion, {weights_text(ckpt)}.
+{recipe_text(cfg)}
+Default sampling: {s['sampler']} on the {s['grid']} grid, {s['steps']} steps.
+{history_text(ckpt, records, log)}
+
+Copy-synthesis of {clips} FSDD test clips from their mels, against Griffin-Lim (scores over each clip's
+audio before its zero padding, lower is better; pad rms = output level in the padding; RTF = seconds of
+compute per second of audio on this machine):
+
+{table(COPY_COLUMNS, [copy_cells(r) for r in rows])}
+
+{vocoder_verdict(rows, mel_cfg)}
+"""
+
+
+# ----------------------------------------------------------------------------- the card
+
+
+def card(args) -> str:
+    """Measure the models and write the card (``--out``, default the mel model's MODEL_CARD.md); its text."""
+    from sciffusion.core.checkpoint import load_checkpoint
+    from sciffusion.core.io import atomic_write_text
+    from sciffusion.core.registry import get_domain
+    from sciffusion.domains.audio.data import load_examples
+
+    domain = get_domain("audio")
+    model = Path(args.model)
+    ckpt = load_checkpoint(model)
+    cfg, dc = resolved(ckpt), ckpt.data_config
+    readme = fsdd_readme()
+    records = training_records(Path(args.log), ckpt) if args.log else None
+    default = float(cfg["sample"]["guidance"])
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, timing = quality_rows(model, args.samples, args.guidance or [default], default, Path(tmp))
+    anchors = domain.reference_metrics(int(cfg["sample"]["griffin_lim_iters"]))
+    rows += [metric_row("FSDD test split itself", anchors["test"]),
+             metric_row(f"test split through mel + Griffin-Lim ({cfg['sample']['griffin_lim_iters']} it.)",
+                        anchors["griffin_lim"])]
+    vocoder = vocoder_section(Path(args.vocoder), Path(args.vocoder_log) if args.vocoder_log else None, cfg,
+                              args.vocoder_clips) if args.vocoder else ""
+    shipped = domain.default_checkpoint()
+    is_default = shipped is not None and shipped.resolve() == ckpt.path.resolve()
+    role = ("The default model of `sciffusion sample audio`" if is_default
+            else f"A model of the `audio` domain (not its default: that is {shipped})")
+    conditional = "class-conditional" if dc["label_names"] else "unconditional"
+    text = f"""# Shipped model: `audio` / {dc['source']} ({conditional} mel diffusion, {cfg['model']['network']})
+
+{role}. Weights: {weights_text(ckpt)}.
 
 ## Data
-The Free Spoken Digit Dataset (FSDD), Zohar Jackson and contributors, licensed CC BY-SA 4.0
-(https://github.com/Jakobovski/free-spoken-digit-dataset): 2,500 recordings of the digits 0-9 by
-5 speakers at 8 kHz. Training split: takes 5-49 of every speaker and digit (2,250 clips); test
-split: takes 0-4 (250 clips). Clips centre-cropped or zero-padded to 1 s. These weights are derived
-from FSDD and are shared under the same license (CC BY-SA 4.0), crediting FSDD as above.
+{data_section(ckpt, readme, load_examples(cfg['data'], 'test'), sum(dc['label_counts']))}
 
 ## Training
-`sciffusion train audio --config domains/audio/configs/fsdd_small.toml` on one CPU core of a 2-core
-VM (no GPU was lent): 1-D mel U-Net (mel bands as channels) width {model['channels']}, levels
-{model['mults']}, {model['res_blocks']} residual blocks per level; the frozen mel settings of
-`docs/audio.md` (64 bands, hop 64, 126 frames per clip); VP cosine process, eps loss, condition
-dropout {cfg['objective'].get('condition_dropout')} (classifier-free guidance); batch {train['batch_size']}, AdamW lr {train['lr']}, {train['warmup_steps']}
-warm-up steps, {train['decay']} decay, EMA {train['ema_decay']}; {ckpt.step} steps
-= {ckpt.step * train['batch_size'] / 2250:.0f} epochs.
-Training loss (v-prediction, as logged): {_losses(log)}.
+{recipe_text(cfg)}
+Mel settings (frozen in the checkpoint): {mel_text(dc)}.
+{history_text(ckpt, records, Path(args.log) if args.log else None)}
 
 ## Sampling
-Default: {s['sampler']} on the {s.get('grid', 'karras')} grid, {s['steps']} steps, classifier-free guidance {s.get('guidance', 0)}
-(each step evaluates the network twice when guidance > 0), then Griffin-Lim ({s.get('griffin_lim_iters', 32)} iterations)
-to 8 kHz WAV. The digit is drawn per seed from the training label counts unless `sample.label` is set.
+{sampling_text(cfg)}
 
-## Quality ({samples} clips per row; DiffWave's protocol against FSDD's training split)
-Classifier: the FSDD digit CNN trained here on the training split (99.2 % test accuracy), see
-`docs/audio.md`. Accuracy: the classifier's agreement with the digit asked for.
+## Quality ({args.samples:,} clips per model row; DiffWave's protocol against FSDD's training split)
+Classifier: the FSDD digit CNN (`AudioDomain.classifier`), trained on the training split; its accuracy
+on the test split, measured here: {anchors['test']['accuracy']:.1%}. Accuracy of a model row: the classifier's
+agreement with the label asked for.
 
-| clips | n | FID | IS | mIS | AM | NDB/K | accuracy % | FID-class |
-|---|---|---|---|---|---|---|---|---|
+| clips | {' | '.join(h for h, _, _ in METRICS)} |
+|{'---|' * (len(METRICS) + 1)}
 """ + "\n".join(rows) + f"""
 
 Generation on this machine:
-{timing}
+{chr(10).join(timing)}
+
 {vocoder}
 ## Measured on
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPU cores, no GPU;
-`python domains/audio/weights/ship.py {' '.join(sys.argv[1:])}`.
+{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()};
+`python domains/audio/weights/ship.py {shlex.join(args.argv)}`.
 """
-    (MEL / "MODEL_CARD.md").write_text(text)
-    print(text)
+    atomic_write_text(Path(args.out) if args.out else model / "MODEL_CARD.md", text)
+    return text
 
 
-def _vocoder_section(log: str | None, clips: int) -> str:
-    """Copy-synthesis quality of the shipped vocoder against Griffin-Lim (bench/vocoder.py's table)."""
-    from sciffusion.core.checkpoint import load_checkpoint
-
-    sys.path.insert(0, str(HERE.parents[2] / "bench"))
-    from vocoder import quality
-
-    ckpt = load_checkpoint(VOCODER)
-    s, m = ckpt.config["sample"], ckpt.config["model"]
-    n_params = sum(v.numel() for v in ckpt.weights().values())
-    schedules = [f"{s['sampler']}:{s['grid']}:{s['steps']}", f"{s['sampler']}:{s['grid']}:12"]
-    return f"""## Neural vocoder (`weights/fsdd_vocoder`, `sample.vocoder=shipped`)
-DiffWave-style mel-conditioned waveform diffusion (`docs/audio.md`, Vocoder) trained on the same FSDD
-training split with `domains/audio/configs/vocoder_small.toml` on one CPU core: {m['residual_channels']} residual
-channels, {m['layers']} layers ({n_params:,} parameters), EMA of step {ckpt.step}; default sampler
-{s['sampler']}, {s['steps']} steps on the {s['grid']} grid. Training loss (eps MSE): {_losses(log)}.
-Copy-synthesis of FSDD test clips from their mels (lower is better), against Griffin-Lim:
-
-{quality(str(VOCODER), clips, schedules, 32).replace(str(VOCODER), 'domains/audio/weights/fsdd_vocoder')}
-
-Trained this briefly it stays far behind Griffin-Lim, which therefore remains the default
-(`sample.vocoder=griffin_lim`).
-"""
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("card")
-    c.add_argument("--samples", type=int, default=1000)
+    c = sub.add_parser("card", help="measure the models and write the mel model's MODEL_CARD.md")
+    c.add_argument("--model", default=str(MEL), help="the mel checkpoint (default: the shipped weights/fsdd)")
+    c.add_argument("--vocoder", default=str(VOCODER) if (VOCODER / "checkpoint.json").is_file() else "",
+                   help="the vocoder checkpoint of the card's vocoder section (\"\": none)")
+    c.add_argument("--out", default=None, help="where the card goes (default: MODEL_CARD.md in the mel checkpoint)")
+    c.add_argument("--samples", type=int, default=1000, help="clips per guidance row")
     c.add_argument("--guidance", type=float, nargs="+", default=None, help="default: the model's own")
-    c.add_argument("--log", default="runs/fsdd_mel/log.jsonl")
-    c.add_argument("--vocoder-log", default="runs/fsdd_vocoder/log.jsonl")
-    args = ap.parse_args()
-    from sciffusion.core.checkpoint import load_checkpoint
-
-    g = args.guidance or [float(load_checkpoint(MEL).config["sample"].get("guidance", 0))]
-    card(args.samples, g, args.log, args.vocoder_log)
+    c.add_argument("--log", default=None, help="the mel run's log.jsonl (its folder holds config.json)")
+    c.add_argument("--vocoder-log", default=None, help="the vocoder run's log.jsonl")
+    c.add_argument("--vocoder-clips", type=int, default=50, help="FSDD test clips of the copy-synthesis table")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    print(card(args))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from sciffusion.api import evaluate
+from sciffusion.core.config import ConfigError
 from sciffusion.core.domain import resolve_config
 from sciffusion.core.generate import sample
 from sciffusion.core.io import InputError
@@ -295,6 +296,22 @@ def test_mel_config_mismatch_between_audio_model_and_vocoder(vocoder_run):
     vcfg = dict(voc.config, data=dict(voc.config["data"], mel={"n_fft": 512, "win_length": 512}))
     with pytest.raises(MelConfigMismatch, match="n_fft"):
         vdom.template([0], vcfg, voc.ckpt.data_config)
+
+
+def test_a_loaded_vocoder_samples_through_the_core_and_counts_network_calls(vocoder_run):
+    voc = load_vocoder(vocoder_run)
+    mel = waveform_to_mel(torch.stack([torch.from_numpy(tone(f)) for f in (300.0, 900.0)]))
+    out = voc.sample(mel, [3, 4], 4000)
+    assert out.network_calls == 6 and out.x0["wave"].shape == (2, 1, 4000)  # ddpm, 6 steps: one call a step
+    assert torch.equal(voc.waveforms(out), voc(mel, [3, 4], 4000))
+    ddim = voc.with_sample(sampler="ddim", steps=3)
+    assert ddim.sample(mel, [3, 4], 4000).network_calls == 3 and ddim.config["sample"]["eta"] == 0.0
+    assert voc.config["sample"]["sampler"] == "ddpm" and voc.spec.grid.numel() == 7  # the cached one is unchanged
+    assert ddim.denoiser is voc.denoiser
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        voc.with_sample(stepz=3)
+    with pytest.raises(ValueError, match="needs its own Vocoder"):
+        voc.with_sample(dtype="float64")
 
 
 def test_audio_cli_samples_with_a_vocoder_checkpoint(vocoder_run, synth_dir, tmp_path):
