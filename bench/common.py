@@ -25,14 +25,11 @@ def import_package() -> None:
 
 
 def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    """The CPU's model name (``sciffusion.core.provenance``)."""
+    import_package()
+    from sciffusion.core.provenance import cpu_model as model
+
+    return model()
 
 
 def device_name(device) -> str:

@@ -31,7 +31,7 @@ BASE = ["model.network=egnn", "model.hidden=96", "model.layers=5", "train.batch_
         "train.keep_last=0"]
 EDM = ["process.name=polynomial", "objective.prediction=eps", "objective.weighting=uniform",
        "objective.time_sampler=discrete", "sample.sampler=ddpm", "sample.grid=discrete"]
-FM = ["process.name=rectified_flow", "objective.prediction=x0", "model.position_output=absolute",
+FM = ["process.name=rectified_flow", "objective.prediction=x0",
       "objective.weighting=uniform", "objective.time_sampler=beta", "objective.time_params=[1.0, 2.0]",
       "data.align=ot", "sample.sampler=euler", "sample.grid=uniform"]
 CATEGORICAL = ["data.atom_types=categorical"]

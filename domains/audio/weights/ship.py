@@ -18,12 +18,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shlex
 import sys
 import tempfile
 from pathlib import Path
+
+from sciffusion.core.provenance import loss_curve, machine, processes, training_history, training_records
 
 HERE = Path(__file__).resolve().parent
 MEL = HERE / "fsdd"
@@ -41,26 +42,6 @@ class CardError(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
-
-
-# ----------------------------------------------------------------------------- the machine
-
-
-def machine() -> str:
-    """This machine as the run finds it: host, OS, CPU, cores, threads, Python, torch and CUDA."""
-    import torch
-
-    sys.path.insert(0, str(BENCH))
-    from common import cpu_model
-
-    if torch.cuda.is_available():
-        gpus = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        cuda = f"CUDA {torch.version.cuda}: {gpus}"
-    else:
-        cuda = "no CUDA device" + (f" (torch built for CUDA {torch.version.cuda})" if torch.version.cuda else "")
-    return (f"{platform.node()}, {platform.platform()}, {cpu_model()}, {os.cpu_count()} CPU cores "
-            f"(torch threads: {torch.get_num_threads()}); Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {cuda}")
 
 
 # ----------------------------------------------------------------------------- the data
@@ -131,53 +112,6 @@ def mel_text(dc: dict) -> str:
 # ----------------------------------------------------------------------------- training
 
 
-def training_records(log: Path, ckpt) -> list[dict]:
-    """The log records of the run that made ``ckpt``, up to its step; the run folder's config.json
-    must describe the same model and data, and the log must reach the checkpoint's step."""
-    from sciffusion.core.train import read_log
-
-    records = read_log(log)
-    if not records:
-        raise CardError(f"{log}: no training log there")
-    folder = log.parent if log.is_file() else log
-    try:
-        run_cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise CardError(f"{folder}: no readable config.json beside the log ({e})") from None
-    if run_cfg.get("model") != ckpt.config.get("model") or run_cfg.get("data") != ckpt.config.get("data"):
-        raise CardError(f"{folder}: the run's model or data config is not the checkpoint's")
-    if not any(r.get("step") == ckpt.step and "loss" in r for r in records):
-        raise CardError(f"{log}: the log has no training record at the checkpoint's step {ckpt.step}")
-    return [r for r in records if int(r.get("step", 0)) <= ckpt.step]
-
-
-def sessions(records: list[dict]) -> list[dict]:
-    """Training sessions of a log: first and last step, processes, device and training seconds."""
-    out: list[dict] = []
-    for rec in records:
-        if rec.get("event") in ("start", "resume"):
-            out.append({"from": rec["step"], "to": rec["step"], "world": rec.get("world_size", 1),
-                        "device": rec.get("device", "an unrecorded device"), "s": 0.0})
-        elif "loss" in rec and out:
-            out[-1].update(to=rec["step"], s=rec.get("elapsed") or out[-1]["s"])
-    return [s for s in out if s["to"] > s["from"]]
-
-
-def loss_curve(records: list[dict], points: int = 7) -> str:
-    """About ``points`` (step, training loss) pairs of the log, the last one included."""
-    losses = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
-    if not losses:
-        return "not in the log"
-    picked = losses[::max(1, len(losses) // (points - 1))]
-    if picked[-1] != losses[-1]:
-        picked.append(losses[-1])
-    return ", ".join(f"step {s:,}: {v:.3f}" for s, v in picked)
-
-
-def processes(world: int) -> str:
-    return "one process" if world == 1 else f"{world} processes"
-
-
 def history_text(ckpt, records: list[dict] | None, log: Path | None) -> str:
     """The trainer's record in the checkpoint, and the log's sessions and losses when given."""
     meta, pred = ckpt.meta, ckpt.config["objective"]["prediction"]
@@ -189,9 +123,7 @@ def history_text(ckpt, records: list[dict] | None, log: Path | None) -> str:
             f"({pred}-prediction MSE) {last.get('loss', float('nan')):.3f}.")
     if records is None:
         return text + " No training log was given (`--log`): the devices and the loss curve are not known here."
-    runs = "; ".join(f"steps {s['from']:,} to {s['to']:,} in {processes(s['world'])} on {s['device']} "
-                     f"({s['s'] / 60:.0f} min)" for s in sessions(records))
-    return (text + f"\nFrom the run's log (`{log}`): {runs or 'no sessions recorded'}."
+    return (text + f"\nFrom the run's log (`{log}`): {training_history(records)}"
             f"\nTraining loss: {loss_curve(records)}.")
 
 
@@ -402,7 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--vocoder-clips", type=int, default=50, help="FSDD test clips of the copy-synthesis table")
     args = ap.parse_args(argv)
     args.argv = argv
-    print(card(args))
+    from sciffusion.core.io import InputError
+
+    try:
+        print(card(args))
+    except InputError as e:  # a source that does not describe the checkpoint
+        raise CardError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 
 import sciffusion
 from sciffusion.core.checkpoint import load_checkpoint
+from sciffusion.core.io import InputError
 from sciffusion.core.registry import get_domain
 from sciffusion.domains.audio.data import fsdd_root
 
@@ -57,21 +58,21 @@ def test_the_log_gives_sessions_devices_and_the_loss_curve(ship, mel_ckpt, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    with pytest.raises(SystemExit, match="no readable config.json"):
+    with pytest.raises(InputError, match="no readable config.json"):
         ship.training_records(run / "log.jsonl", mel_ckpt)
     (run / "config.json").write_text(json.dumps(dict(mel_ckpt.config, model=dict(mel_ckpt.config["model"], channels=8))))
-    with pytest.raises(SystemExit, match="not the checkpoint's"):
+    with pytest.raises(InputError, match="not the checkpoint's"):
         ship.training_records(run / "log.jsonl", mel_ckpt)
     (run / "config.json").write_text(json.dumps(mel_ckpt.config))
     records = ship.training_records(run / "log.jsonl", mel_ckpt)
     assert records[-1]["step"] == 4000
     text = ship.history_text(mel_ckpt, records, run / "log.jsonl")
-    assert "steps 0 to 2,000 in one process on cpu (10 min); steps 2,000 to 4,000 in 2 processes on cuda:0 (20 min)" in text
+    assert "steps 0 to 2,000 in one process on cpu (10 min); steps 2,000 to 4,000 in 2 processes under torchrun on cuda:0 (20 min)" in text
     assert "Training loss: step 2,000: 0.500, step 4,000: 0.200." in text
-    with pytest.raises(SystemExit, match="no training record at the checkpoint's step 4000"):
+    with pytest.raises(InputError, match="no training record at the checkpoint's step 4000"):
         (run / "log.jsonl").write_text(json.dumps(log[1]) + "\n")
         ship.training_records(run / "log.jsonl", mel_ckpt)
-    with pytest.raises(SystemExit, match="no training log there"):
+    with pytest.raises(InputError, match="no training log there"):
         ship.training_records(tmp_path / "nowhere", mel_ckpt)
 
 
