@@ -33,7 +33,7 @@ EDM = ["process.name=polynomial", "objective.prediction=eps", "objective.weighti
        "objective.time_sampler=discrete", "sample.sampler=ddpm", "sample.grid=discrete"]
 FM = ["process.name=rectified_flow", "objective.prediction=x0",
       "objective.weighting=uniform", "objective.time_sampler=beta", "objective.time_params=[1.0, 2.0]",
-      "data.align=ot", "sample.sampler=euler", "sample.grid=uniform"]
+      "data.align=ot", "sample.sampler=euler", "sample.grid=karras"]
 CATEGORICAL = ["data.atom_types=categorical"]
 SELF_COND = ["objective.self_conditioning=0.5"]
 
@@ -55,9 +55,13 @@ def overrides(arm: str) -> list[str]:
 
 
 def sampler_for_calls(cfg: dict, calls: int) -> list[str]:
-    """Sample overrides that cost exactly ``calls`` network evaluations for this arm's process."""
-    steps = calls - 1 if cfg["process"]["name"] == "polynomial" else calls
-    return [f"sample.steps={steps}"]
+    """Sample overrides that cost exactly ``calls`` network evaluations for this arm's process:
+    EDM's DDPM on its discrete grid (its sweep's choice), Euler on the karras grid for rectified
+    flow (better than a uniform grid at 20 and 50 calls on the "all" arm: 76.7/2.3 against
+    75.5/0.7 and 81.1/5.0 against 78.8/2.5 % atom/molecule stability)."""
+    if cfg["process"]["name"] == "polynomial":
+        return [f"sample.steps={calls - 1}"]
+    return [f"sample.steps={calls}", "sample.sampler=euler", "sample.grid=karras"]
 
 
 def train_arm(arm: str, minutes: float, out: Path) -> None:
@@ -92,10 +96,10 @@ def score(ckpt: Path, calls: int, samples: int, work: Path) -> dict:
     from sciffusion.core.checkpoint import load_checkpoint
 
     cfg = load_checkpoint(ckpt, verify=False).config
-    folder = work / f"{ckpt.parent.parent.name}-{ckpt.name}-calls{calls}-n{samples}"
+    over = sampler_for_calls(cfg, calls)
+    folder = work / f"{ckpt.parent.parent.name}-{ckpt.name}-calls{calls}-n{samples}-{over[-1].split('=')[1]}"
     t0 = time.perf_counter()
-    res = api.sample(str(ckpt), folder, n=samples, batch_size=250, overrides=sampler_for_calls(cfg, calls),
-                     progress=False)
+    res = api.sample(str(ckpt), folder, n=samples, batch_size=250, overrides=over, progress=False)
     seconds = time.perf_counter() - t0
     m = api.evaluate("molecules", [folder])
     return {"calls": res.network_calls, "samples": samples, "atom": m["atom_stability"],
@@ -115,7 +119,7 @@ def evaluate(out: Path, arms: list[str], calls: list[int], samples: int, minutes
         for n in calls:
             r = score(path, n, samples, out / "samples")
             r.update(arm=arm, step=step, minutes=round(mins, 1))
-            results.setdefault("final", []).append(r)
+            results["final"] = [x for x in results.get("final", []) if (x["arm"], x["calls"]) != (arm, r["calls"])] + [r]
             print(json.dumps(r), flush=True)
             _write(out, results)
 

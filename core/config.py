@@ -161,13 +161,21 @@ def _check_table(name: str, cls: type[Table], table: dict) -> dict:
 
 
 def load_toml(path: str | Path) -> dict:
+    """A config file: TOML, or JSON when it ends in ``.json`` (a run folder's resolved config.json,
+    so a run can be resumed from its own record)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from None
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            cfg = json.loads(text)
+            if not isinstance(cfg, dict):
+                raise InputError(f"{path}: a JSON config must be an object of tables")
+            return cfg
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({e})") from None
 
 
 def deep_merge(base: Mapping, override: Mapping) -> dict:

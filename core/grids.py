@@ -5,6 +5,8 @@ truncate (SDEdit) or override them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -32,12 +34,16 @@ def uniform(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> Tensor:
 
 
 def log_snr_uniform(process: Process, steps: int, t_max: float = 1.0, t_min: float = 1e-3) -> Tensor:
-    """Times evenly spaced in log-SNR between t_max and t_min (DPM-Solver's choice), then t = 0."""
+    """Times evenly spaced in log-SNR between t_max and t_min (DPM-Solver's choice), then t = 0.
+    Where the log-SNR is -inf at t_max (alpha(1) = 0: rectified flow) the spacing starts from
+    t_max - t_min, and the grid still begins at t_max."""
     _check_steps(steps)
-    t = torch.tensor([t_max, t_min], dtype=torch.float64)
-    lam = process.log_snr(t)
     if steps == 1:
         return torch.tensor([t_max, 0.0], dtype=torch.float64)
+    top = t_max
+    if not math.isfinite(float(process.log_snr(torch.tensor([t_max], dtype=torch.float64)))):
+        top = t_max - t_min
+    lam = process.log_snr(torch.tensor([top, t_min], dtype=torch.float64))
     lams = torch.linspace(float(lam[0]), float(lam[1]), steps, dtype=torch.float64)
     times = process.t_of_log_snr(lams).clamp(0, 1)
     times[0], times[-1] = t_max, t_min

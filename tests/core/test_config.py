@@ -185,3 +185,17 @@ def test_dry_run_names_a_missing_data_path(tmp_path):
     r = subprocess.run([SCIFFUSION, "train", "molecules", "--dry-run", f"data.path='{missing}'"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and f"{missing}: no such file or folder (data.path" in r.stderr
+
+
+def test_a_run_folders_config_json_is_a_config_file(tmp_path):
+    mol = get_domain("molecules")
+    cfg = resolve_config(mol, overrides=["model.hidden=32", "process.name=rectified_flow"])
+    f = tmp_path / "config.json"
+    f.write_text(__import__("json").dumps(cfg))
+    assert resolve_config(mol, f) == cfg
+    f.write_text("[1, 2]")
+    with pytest.raises(InputError, match="a JSON config must be an object"):
+        load_toml(f)
+    f.write_text("{nope")
+    with pytest.raises(InputError, match=rf"{f}: not valid JSON"):
+        load_toml(f)

@@ -139,3 +139,13 @@ def test_self_conditioning_feeds_the_previous_estimate():
     first, second = net.seen
     assert torch.equal(first, torch.zeros(4, 2))  # the first pass sees no estimate
     assert bool((second[[1, 3]] == 0).all()) and bool((second[[0, 2]] != 0).all())
+
+
+def test_the_log_snr_grid_works_where_the_log_snr_is_infinite_at_t_1():
+    """Rectified flow has alpha(1) = 0 (log-SNR -inf): the grid is spaced from t = 1 - t_min and
+    still starts at t = 1."""
+    from sciffusion.core.process import RectifiedFlow
+
+    g = grids.log_snr_uniform(RectifiedFlow(), 20)
+    assert float(g[0]) == 1.0 and float(g[-1]) == 0.0 and g.numel() == 21
+    assert bool((g[1:] < g[:-1]).all())
