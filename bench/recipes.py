@@ -45,6 +45,9 @@ ARMS = {
     "fm": ("flow matching: rectified flow, x0-prediction, OT-aligned noise, t ~ Beta(1, 2)", FM),
     "fm-ot": ("flow matching without the alignment", [o for o in FM if o != "data.align=ot"]),
     "all": ("all together: flow matching + categorical types + self-conditioning", FM + CATEGORICAL + SELF_COND),
+    "fm+minsnr": ("flow matching with min-SNR-5 weighting of the x0 loss", FM + ["objective.weighting=min_snr"]),
+    "fm+velocity": ("flow matching with the velocity (flow-matching) loss", [o for o in FM if "prediction" not in o]
+                    + ["objective.prediction=velocity"]),
 }
 
 
