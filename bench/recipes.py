@@ -138,6 +138,12 @@ def curve(out: Path, arms: list[str], calls: int, samples: int) -> None:
             _write(out, results)
 
 
+def standard_error(percent: float, n: int) -> float:
+    """Binomial standard error, in percentage points, of a rate of ``percent`` % over ``n`` samples."""
+    p = percent / 100.0
+    return 100.0 * (p * (1.0 - p) / n) ** 0.5
+
+
 def _read(out: Path) -> dict:
     f = out / "results.json"
     return json.loads(f.read_text()) if f.is_file() else {}
@@ -154,14 +160,22 @@ def report(out: Path, argv: list[str]) -> None:
     import torch
 
     results = _read(out)
+    final = results.get("final", [])
     rows = [[r["arm"], ARMS[r["arm"]][0], f"{r['minutes']:.0f}", str(r["step"]), str(r["calls"]), str(r["samples"]),
-             f"{r['atom']:.1f}", f"{r['molecule']:.1f}", f"{r['valid']:.1f}", f"{r['vxu']:.1f}"]
-            for r in results.get("final", [])]
+             f"{r['atom']:.1f}", f"{r['molecule']:.1f} ± {standard_error(r['molecule'], r['samples']):.1f}",
+             f"{r['valid']:.1f} ± {standard_error(r['valid'], r['samples']):.1f}", f"{r['vxu']:.1f}"]
+            for r in final]
+    scored = {r["arm"] for r in final}
+    unscored = [f"{arm} ({checkpoints(out / arm)[-1][0]} steps)" for arm in ARMS
+                if arm not in scored and (out / arm).is_dir() and checkpoints(out / arm)]
     text = ["Equal compute: every arm trained for the same wall-clock budget on one CPU process (one "
             "thread), same EGNN 96x5, batch 64, lr 1e-3 (300 warm-up steps, no decay), EMA 0.999; "
-            "scored on the same seeds at the same counted network calls.", "",
+            "scored on the same seeds at the same counted network calls. ± is the binomial standard error "
+            "sqrt(p (1 - p) / n) of a percentage over n samples.", "",
             common.table(["arm", "recipe", "train min", "step", "calls", "samples", "atom stab.", "mol. stab.",
                           "valid", "V x U"], rows)]
+    if unscored:
+        text += ["", "Trained but not scored: " + ", ".join(unscored) + "."]
     if results.get("curve"):
         crow = [[r["arm"], f"{r['minutes']:.1f}", str(r["step"]), str(r["calls"]), str(r["samples"]),
                  f"{r['atom']:.1f}", f"{r['molecule']:.1f}", f"{r['valid']:.1f}"] for r in results["curve"]]
