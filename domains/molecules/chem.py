@@ -16,10 +16,11 @@ Chem. Eur. J. 15, 186; double: ibid. 12770; triple: Pyykkö, Riedel & Patzschke 
 double/triple radius in ``COVALENT_RADII_PM``. Pairs among H, C, N, O, F always use the EDM table,
 so QM9 results are unaffected by the extension. Elements with no radius here get no bonds.
 
-Allowed valences (no formal charges): H 1, C 4, N 3, O 2, F 1 (the reference). Extension, the usual
-neutral valences of the other main-group elements (as in common valence tables): B 3, Si 4,
-P 3 or 5, S 2, 4 or 6, Cl/Br/I 1, As 3 or 5, Se 2, Ge 4. An atom of any other element is never
-counted stable.
+Allowed valences (no formal charges): H 1, C 4, N 3, O 2, F 1 (the reference, EDM's QM9 table).
+Beyond it, EDM's GEOM-Drugs table (the one published GEOM results use): B 3, Al 3, Si 4, P 3 or 5,
+S 4, Cl 1, As 3, Br 1, I 1, Hg 1 or 2, Bi 3 or 5. Like EDM's, it counts a divalent sulfur (thiol,
+thioether) unstable. The metrics have no valence for any other element: ``unscored_elements``
+names them, and ``sciffusion evaluate`` refuses such molecules rather than score them.
 """
 
 from __future__ import annotations
@@ -61,19 +62,22 @@ COVALENT_RADII_PM: dict[str, tuple[float, float | None, float | None]] = {
     "Si": (116, 107, 102),
     "P": (111, 102, 94),
     "S": (103, 94, 95),
+    "Al": (126, None, None),
     "Cl": (99, None, None),
     "Ge": (121, 111, 114),
     "As": (121, 114, 106),
     "Se": (116, 107, 107),
     "Br": (114, None, None),
     "I": (133, None, None),
+    "Hg": (133, None, None),
+    "Bi": (151, None, None),
 }
 
 ALLOWED_VALENCES: dict[str, tuple[int, ...]] = {
     "H": (1,), "C": (4,), "N": (3,), "O": (2,), "F": (1,),
-    # extension beyond the reference (see module docstring)
-    "B": (3,), "Si": (4,), "P": (3, 5), "S": (2, 4, 6), "Cl": (1,), "Br": (1,), "I": (1,),
-    "As": (3, 5), "Se": (2,), "Ge": (4,),
+    # EDM's GEOM-Drugs table (see module docstring)
+    "B": (3,), "Al": (3,), "Si": (4,), "P": (3, 5), "S": (4,), "Cl": (1,), "As": (3,), "Br": (1,), "I": (1,),
+    "Hg": (1, 2), "Bi": (3, 5),
 }
 
 _ZMAX = len(SYMBOLS)  # atomic numbers 1.._ZMAX are known to the Molecule record
@@ -122,6 +126,17 @@ def _build_tables():
 
 
 THRESHOLDS_PM, ALLOWED_TABLE = _build_tables()
+
+
+def _min_valences() -> np.ndarray:
+    """Smallest allowed valence by atomic number (0 for elements without a valence)."""
+    out = np.zeros(_ZMAX + 1, dtype=np.int64)
+    for sym, vals in ALLOWED_VALENCES.items():
+        out[ATOMIC_NUMBER[sym]] = min(vals)
+    return out
+
+
+_MIN_VALENCE = _min_valences()
 
 
 def _checked_z(z: np.ndarray) -> np.ndarray:
@@ -187,6 +202,19 @@ def stable_atoms(atomic_numbers: np.ndarray, bonds: np.ndarray) -> np.ndarray:
     v = np.minimum(valences(bonds), _MAX_VALENCE + 1)
     table = np.concatenate([ALLOWED_TABLE, np.zeros((_ZMAX + 1, 1), bool)], axis=1)
     return table[z, v]
+
+
+def unscored_elements(atomic_numbers) -> list[str]:
+    """The elements of a molecule that have no allowed valence here (so no stability), in order."""
+    present = sorted({int(z) for z in np.asarray(atomic_numbers).ravel()})
+    return [SYMBOLS[z - 1] for z in present if SYMBOLS[z - 1] not in ALLOWED_VALENCES]
+
+
+def under_bonded(atomic_numbers: np.ndarray, bonds: np.ndarray) -> np.ndarray:
+    """(n,) bool: the atom's valence is below the smallest allowed valence of its element (False
+    for elements without a valence)."""
+    z = _checked_z(atomic_numbers)
+    return valences(bonds) < _MIN_VALENCE[z]
 
 
 def num_fragments(bonds: np.ndarray) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.io import InputError, atomic_path
-from .chem import embed_smiles
+from .chem import bond_orders_batch, embed_smiles, num_fragments, under_bonded
 from .types import ATOMIC_NUMBER, SYMBOLS, Molecule
 
 # --------------------------------------------------------------------------------------------- QM9
@@ -296,7 +296,44 @@ def _check_molecule(z: list[int] | np.ndarray, pos: np.ndarray, elements, max_at
         return "non-finite coordinate"
     if n > 1 and np.ptp(pos, axis=0).max() == 0.0:
         return "no 3D coordinates (all atoms at the same position)"
+    pair = _coincident_atoms(pos)
+    if pair is not None:
+        return (f"atoms {pair[0] + 1} and {pair[1] + 1} are at the same position (closer than "
+                f"{COINCIDENT_ANGSTROM:g} Angstrom)")
     return None
+
+
+COINCIDENT_ANGSTROM = 1e-4  # the precision of an SDF coordinate: atoms closer than this coincide
+
+
+def _coincident_atoms(pos: np.ndarray) -> tuple[int, int] | None:
+    """The first pair (i < j) of atoms closer than COINCIDENT_ANGSTROM, or None."""
+    diff = pos[:, None, :] - pos[None, :, :]
+    close = np.triu(np.einsum("ijk,ijk->ij", diff, diff) < COINCIDENT_ANGSTROM ** 2, k=1)
+    hits = np.argwhere(close)
+    return (int(hits[0][0]), int(hits[0][1])) if len(hits) else None
+
+
+def _missing_hydrogens(z: np.ndarray, pos: np.ndarray) -> str | None:
+    """Why a molecule without hydrogen atoms (and without bonds in its file) is a heavy-atom
+    skeleton whose hydrogens were left out, or None; bonds inferred from the distances (EDM rules)."""
+    if (z == 1).any():
+        return None
+    bonds = bond_orders_batch(z[None], pos[None])[0]
+    short = [int(i) + 1 for i in np.flatnonzero(under_bonded(z, bonds))]
+    return _skeleton(short, len(z), num_fragments(bonds), "by their distances")
+
+
+def _skeleton(short: list[int], n: int, fragments: int, judged: str) -> str | None:
+    """The refusal of a hydrogen-free molecule that is one connected piece in which most of the
+    ``n`` atoms (1-based ``short``) lack bonds for their valence, or None. Real H-free molecules
+    exist (QM9 has cyanogen and dicyano-oxadiazoles) and pass; so do scattered atoms (a poor
+    generated sample is scored, not refused)."""
+    if fragments != 1 or 2 * len(short) <= n:
+        return None
+    return (f"no hydrogen atoms, and {judged} {len(short)} of its {n} atoms (atom(s) {short[:5]}"
+            f"{'...' if len(short) > 5 else ''}) have fewer bonds than their valence: the file was written "
+            "without explicit hydrogens; write them with 3D coordinates (e.g. RDKit Chem.AddHs(mol, addCoords=True))")
 
 
 def _fmt_elements(elements) -> str:
@@ -398,10 +435,12 @@ def load_sdf(path, elements=None, max_atoms: int | None = None, skip_bad: bool =
 
     Records are read unsanitised (users' files may hold charges or valences RDKit would reject;
     only atoms and coordinates are used). A record is bad when it cannot be parsed (truncated,
-    malformed), has no 3D coordinates (no conformer, a 2D block, or all atoms at one point), has an
+    malformed), has no 3D coordinates (no conformer, a 2D block, or all atoms at one point), has two
+    atoms at the same position, has an
     element outside ``elements`` (symbols, when given) or more than ``max_atoms`` atoms, or - with
     ``require_explicit_h`` - holds no hydrogen atom although its atoms need hydrogens (a file
-    written without explicit hydrogens; they would have no coordinates)."""
+    written without explicit hydrogens; they would have no coordinates): judged from the file's
+    bonds when it has a bond block, else from the distances (so real H-free molecules pass)."""
     from rdkit import Chem, rdBase
 
     path = Path(path)
@@ -435,14 +474,7 @@ def load_sdf(path, elements=None, max_atoms: int | None = None, skip_bad: bool =
         pos = np.asarray(conf.GetPositions(), np.float64).reshape(-1, 3)
         reason = _check_molecule(z, pos, allowed, max_atoms)
         if reason is None and require_explicit_h and not (z == 1).any():
-            # Heavy atoms only, yet RDKit would add hydrogens: a file written without explicit H.
-            # (Records with some H atoms pass: generated molecules may have under-bonded atoms.)
-            mol.UpdatePropertyCache(strict=False)
-            implicit = [a.GetIdx() + 1 for a in mol.GetAtoms() if a.GetNumImplicitHs() > 0]
-            if implicit:
-                reason = (f"no hydrogen atoms, but atom(s) {implicit[:5]}{'...' if len(implicit) > 5 else ''} "
-                          "need implicit hydrogens: write explicit hydrogens with 3D coordinates "
-                          "(e.g. RDKit Chem.AddHs(mol, addCoords=True))")
+            reason = _implicit_hydrogens(mol) if mol.GetNumBonds() else _missing_hydrogens(z, pos)
         fields = _sd_fields(lines)
         if reason is None:
             reason = next((r for r in (_property_problem(fields, p) for p in properties) if r), None)
@@ -451,6 +483,16 @@ def load_sdf(path, elements=None, max_atoms: int | None = None, skip_bad: bool =
             continue
         out.append(Molecule(z, pos, fields, title or f"{path.stem}_{k}"))
     return out, col.skipped
+
+
+def _implicit_hydrogens(mol) -> str | None:
+    """``_skeleton`` for a record with bonds but no hydrogen atom, judged by RDKit's
+    implicit-hydrogen count from the file's bonds."""
+    from rdkit import Chem
+
+    mol.UpdatePropertyCache(strict=False)
+    short = [a.GetIdx() + 1 for a in mol.GetAtoms() if a.GetNumImplicitHs() > 0]
+    return _skeleton(short, mol.GetNumAtoms(), len(Chem.GetMolFrags(mol)), "by the file's bonds")
 
 
 # ------------------------------------------------------------------------------------------------ XYZ
@@ -471,7 +513,7 @@ def _lone_int(line: str) -> bool:
     return len(t) == 1 and t[0].isdigit()
 
 
-def _load_xyz_file(path: Path, allowed, max_atoms, col: _Collector) -> list[Molecule]:
+def _load_xyz_file(path: Path, allowed, max_atoms, col: _Collector, require_explicit_h: bool) -> list[Molecule]:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as e:
@@ -523,6 +565,8 @@ def _load_xyz_file(path: Path, allowed, max_atoms, col: _Collector) -> list[Mole
         if reason is None:
             pos_a = np.asarray(pos, np.float64).reshape(-1, 3)
             reason = _check_molecule(z, pos_a, allowed, max_atoms)
+        if reason is None and require_explicit_h:
+            reason = _missing_hydrogens(np.asarray(z, np.int64), pos_a)
         if reason:
             col.bad(record, reason)
         else:
@@ -551,20 +595,23 @@ def _files_in(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
     raise InputError(f"{path}: no such file or folder")
 
 
-def load_xyz(path, elements=None, max_atoms: int | None = None, skip_bad: bool = False) -> tuple[list[Molecule], list[str]]:
+def load_xyz(path, elements=None, max_atoms: int | None = None, skip_bad: bool = False,
+             require_explicit_h: bool = True) -> tuple[list[Molecule], list[str]]:
     """Molecules from a standard XYZ file (frames of: atom count line, comment line, then one
     ``symbol x y z`` line per atom, Angstrom; extra columns ignored; symbols or atomic numbers), or
     from every ``*.xyz`` file of a folder (sorted by name). A file may hold several frames.
     ``name`` = the comment line, or ``<stem>_<frame>`` when it is empty. Bad frames: wrong or
     missing count line, too few atom lines, unknown element, non-numeric coordinate, element
-    outside ``elements``, more than ``max_atoms`` atoms."""
+    outside ``elements``, more than ``max_atoms`` atoms, atoms at the same position, or - with
+    ``require_explicit_h`` - no hydrogen atom where the distances say most atoms lack bonds (a file
+    written without its hydrogens)."""
     path = Path(path)
     allowed = _norm_elements(elements)
     files = _files_in(path, (".xyz",))
     out, skipped = [], []
     for f in files:
         col = _Collector(f, skip_bad)
-        out.extend(_load_xyz_file(f, allowed, max_atoms, col))
+        out.extend(_load_xyz_file(f, allowed, max_atoms, col, require_explicit_h))
         skipped.extend(col.skipped)
     return out, skipped
 

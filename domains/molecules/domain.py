@@ -367,6 +367,7 @@ class MoleculesDomain(Domain):
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> list[Molecule]:
         """All molecules of an SDF or XYZ file (written by sciffusion or any other tool)."""
+        from .chem import ALLOWED_VALENCES, unscored_elements
         from .data import load_sdf, load_xyz
 
         path = Path(path)
@@ -377,6 +378,14 @@ class MoleculesDomain(Domain):
             mols, _ = load_xyz(path)
         else:
             raise InputError(f"{path}: molecules are read from .sdf or .xyz files")
+        if not mols:
+            raise InputError(f"{path}: no molecules in this file")
+        for k, mol in enumerate(mols, start=1):
+            unscored = unscored_elements(mol.atomic_numbers)
+            if unscored:
+                raise InputError(f"{path}: record {k} ({mol.name!r}): element {', '.join(unscored)} has no valence "
+                                 f"in the metrics (they score {', '.join(ALLOWED_VALENCES)}: EDM's QM9 and GEOM "
+                                 "tables), so its stability cannot be scored; --skip-bad leaves such files out")
         return mols
 
     def metrics(self, objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | None = None) -> dict:
