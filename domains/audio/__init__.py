@@ -7,7 +7,7 @@ from .output import save_spectrograms, spectrogram_png
 from .unet import MelUNet, build_unet
 from .classifier import MelClassifier, MelCNN, load_classifier, train_classifier
 from .data import (AUDIO_EXTENSIONS, FSDD_PATTERN, FSDD_SPLIT, AudioClips, EveryKSplit, GroupSplit, crop_or_pad,
-                   fsdd_root, load_audio_file, load_audio_folder, load_fsdd)
+                   fsdd_root, list_audio_files, load_audio_file, load_audio_folder, load_fsdd)
 from .mel import (DEFAULT_MEL, MelConfig, MelConfigMismatch, denormalise_mel, mel_filterbank, mel_to_linear,
                   mel_to_waveform, num_frames, stft_magnitude, waveform_to_mel)
 from .metrics import (accuracy, am_score, evaluate_samples, fid, frechet_distance, gaussian_stats, inception_score,
@@ -17,7 +17,7 @@ from .metrics import (accuracy, am_score, evaluate_samples, fid, frechet_distanc
 __all__ = ["AudioDomain", "MelUNet", "build_unet", "save_spectrograms", "spectrogram_png",
            "MelClassifier", "MelCNN", "load_classifier", "train_classifier",
            "AUDIO_EXTENSIONS", "FSDD_PATTERN", "FSDD_SPLIT", "AudioClips", "EveryKSplit", "GroupSplit", "crop_or_pad",
-           "fsdd_root", "load_audio_file", "load_audio_folder", "load_fsdd",
+           "fsdd_root", "list_audio_files", "load_audio_file", "load_audio_folder", "load_fsdd",
            "DEFAULT_MEL", "MelConfig", "MelConfigMismatch", "denormalise_mel", "mel_filterbank", "mel_to_linear",
            "mel_to_waveform", "num_frames", "stft_magnitude", "waveform_to_mel",
            "accuracy", "am_score", "evaluate_samples", "fid", "frechet_distance", "gaussian_stats", "inception_score",

@@ -1,12 +1,12 @@
 """Folders of audio (WAV/FLAC) as tensors: labels, splits, resampling, fixed or variable length.
 
-``load_audio_folder`` reads every ``*.wav`` / ``*.flac`` of a folder with soundfile (no system
-audio libraries), resamples to the configured rate with ``torchaudio.functional.resample``, takes
-labels from a file-name regex with a named group ``label`` (default: FSDD's
-``{digit}_{speaker}_{take}.wav``) or from a CSV ``file,label``, keeps one split, and returns
-``AudioClips``. Bad files (unreadable, empty, wrong channel count, unexpected rate, NaN/inf samples,
-no label) raise ``InputError`` naming the file and the reason, or are skipped and listed in
-``AudioClips.skipped`` with ``skip_bad=True``.
+``load_audio_folder`` reads every ``*.wav`` / ``*.flac`` of a folder (``list_audio_files``: any
+case, ``.WAV`` too; hidden files left out) with soundfile (no system audio libraries), resamples to
+the configured rate with ``torchaudio.functional.resample``, takes labels from a file-name regex
+with a named group ``label`` (default: FSDD's ``{digit}_{speaker}_{take}.wav``) or from a CSV
+``file,label``, keeps one split, and returns ``AudioClips``. Bad files (unreadable, truncated WAV,
+empty, wrong channel count, unexpected rate, NaN/inf samples, no label) raise ``InputError`` naming
+the file and the reason, or are skipped and listed in ``AudioClips.skipped`` with ``skip_bad=True``.
 
 The Free Spoken Digit Dataset (FSDD, CC BY-SA 4.0, Zohar Jackson and contributors) is read in
 place: ``fsdd_root()`` finds it, ``load_fsdd(split)`` loads it.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,8 @@ from sciffusion.core.io import InputError
 from .mel import mel_config_of, num_frames
 
 __all__ = ["AudioClips", "GroupSplit", "EveryKSplit", "FSDD_PATTERN", "FSDD_SPLIT", "AUDIO_EXTENSIONS",
-           "load_audio_folder", "load_audio_file", "crop_or_pad", "fsdd_root", "load_fsdd", "split_rule",
-           "load_examples", "clips_data_config"]
+           "list_audio_files", "wav_data_problem", "load_audio_folder", "load_audio_file", "crop_or_pad",
+           "fsdd_root", "load_fsdd", "split_rule", "load_examples", "clips_data_config"]
 
 FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -108,11 +109,59 @@ def crop_or_pad(wave: torch.Tensor, length: int, pad: str = "end") -> tuple[torc
     return out, n, mask
 
 
+def list_audio_files(folder: str | Path, extensions: tuple = AUDIO_EXTENSIONS) -> list[Path]:
+    """The audio files directly inside ``folder``, sorted by name. Extensions match in any case
+    (``.WAV``, ``.Wav``); hidden files (``.name``, e.g. macOS's ``._clip.wav``) are left out."""
+    exts = {e.lower() for e in extensions}
+    found = (p for p in Path(folder).iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts)
+    return sorted(found, key=lambda p: p.name)
+
+
+def _data_chunk(f, file_size: int) -> tuple[int, int] | None:
+    """(offset of the body, declared size) of the ``data`` chunk of an open RIFF file, walking the
+    chunk headers after the 12-byte RIFF header (bodies padded to even sizes); None if not found."""
+    offset = 12
+    while offset + 8 <= file_size:
+        f.seek(offset)
+        chunk_id, declared = struct.unpack("<4sI", f.read(8))
+        if chunk_id == b"data":
+            return offset + 8, declared
+        offset += 8 + declared + (declared & 1)
+    return None
+
+
+def wav_data_problem(path: str | Path) -> str | None:
+    """Why a RIFF/WAVE file's audio is incomplete, else None: its data chunk declaring more bytes
+    than the file holds after the chunk header (libsndfile silently returns the frames present).
+    Files that are not RIFF/WAVE (FLAC, RF64, RIFX), cannot be opened or have no findable data
+    chunk are left to soundfile, which names its own error."""
+    try:
+        with open(path, "rb") as f:
+            file_size = os.fstat(f.fileno()).st_size
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return None
+            chunk = _data_chunk(f, file_size)
+    except OSError:
+        return None  # soundfile reports the file as unreadable
+    if chunk is None:
+        return None
+    body, declared = chunk
+    present = file_size - body
+    if declared > present:
+        return f"truncated WAV: the data chunk declares {declared} bytes, {present} are present"
+    return None
+
+
 def load_audio_file(path: str | Path, sample_rate: int, *, mono: bool = True, downmix: bool = False,
                     resample: bool = True) -> torch.Tensor:
     """One file as a 1-D float32 tensor at ``sample_rate``; ``InputError`` naming the file and the
     problem otherwise. ``mono`` requires one channel unless ``downmix`` averages the channels."""
     path = Path(path)
+    truncated = wav_data_problem(path)
+    if truncated:
+        raise InputError(f"{path}: {truncated}")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError
@@ -184,8 +233,7 @@ def load_audio_folder(root: str | Path, sample_rate: int = 8000, *, label_patter
     if labels_csv is not None:
         entries = _read_label_csv(Path(labels_csv), root)
     else:
-        exts = tuple(e.lower() for e in extensions)
-        entries = [(p, None) for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in exts]
+        entries = [(p, None) for p in list_audio_files(root, extensions)]
         if not entries:
             raise InputError(f"{root}: no audio files ({', '.join(extensions)})")
     entries.sort(key=lambda e: e[0].name)
@@ -280,7 +328,7 @@ def fsdd_root() -> Path | None:
     repo = Path(__file__).resolve().parents[2]
     candidates.append(repo.parent / "shared" / "data" / "fsdd" / "recordings")
     for c in candidates:
-        if c.is_dir() and any(c.glob("*.wav")):
+        if c.is_dir() and list_audio_files(c, (".wav",)):
             return c
     return None
 

@@ -47,7 +47,8 @@ from ...core.noise import ExampleNoise
 from ...core.process import LinearBetaVP
 from ...core.sampling import Sampled, SampleSpec, sample_batch
 from ...core.state import State
-from .data import AUDIO_EXTENSIONS, clips_data_config, crop_or_pad, load_audio_file, load_examples
+from .data import (AUDIO_EXTENSIONS, clips_data_config, crop_or_pad, list_audio_files, load_audio_file,
+                   load_examples)
 from .mel import MelConfig, MelConfigMismatch, check_mel, clip_wave, mel_config_of, num_frames, waveform_to_mel
 from .metrics import log_spectral_distance, mel_cepstral_distortion, spectral_convergence
 from .tables import VocoderData, VocoderModel, VocoderSample
@@ -71,8 +72,7 @@ def trailing_silence_start(wave: torch.Tensor) -> int:
 def _list_inputs(path: str | Path) -> list[Path]:
     p = Path(path).expanduser()
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
-                       and not f.name.startswith("."))
+        files = list_audio_files(p)
         if not files:
             raise InputError(f"{p}: sample.input holds no {'/'.join(AUDIO_EXTENSIONS)} files")
         return files
