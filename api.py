@@ -85,12 +85,13 @@ def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: 
 
 
 def _domain_files(folder: Path, suffix: str) -> list[Path]:
-    """The files of ``folder`` (recursively) a domain's reader should see: those with ``suffix``,
-    never the engine's own (manifest, run record, hidden folders such as .parts, temporaries)."""
+    """The files of ``folder`` (recursively) a domain's reader should see: those with ``suffix`` in
+    any case (``.WAV`` too), never the engine's own (manifest, run record, hidden folders such as
+    .parts, temporaries)."""
     from .core.sample_folder import ENGINE_FILES
 
     out = []
-    for f in folder.rglob(f"*{suffix}"):
+    for f in (f for f in folder.rglob("*") if f.name.lower().endswith(suffix.lower())):
         rel = f.relative_to(folder).parts
         if f.is_file() and not any(part.startswith(".") for part in rel) and not (len(rel) == 1 and f.name in ENGINE_FILES):
             out.append(f)
