@@ -237,7 +237,10 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
         raise CheckpointError(f"{meta_path}: corrupt checkpoint metadata ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path}: not a sciffusion checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r})")
-    for name, info in meta.get("files", {}).items():
+    problem = meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{meta_path}: corrupt checkpoint metadata ({problem})")
+    for name, info in meta["files"].items():
         f = folder / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing checkpoint file")
@@ -246,6 +249,27 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
         if verify and sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"{f}: content does not match its recorded sha256 (corrupt or altered)")
     return Checkpoint(folder, meta)
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What makes a parsed checkpoint.json unusable (a key missing or of the wrong type, a file
+    entry that is not a plain file name with its size and sha256), or None."""
+    kinds = {"domain": str, "step": int, "hash": str, "files": dict, "config": dict, "data_config": dict}
+    for key, kind in kinds.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            return f"'{key}' is {type(meta[key]).__name__}, expected {kind.__name__}"
+    for key in ("domain", "step", "hash", "files"):
+        if key not in meta:
+            return f"no '{key}'"
+    if meta["step"] < 0:
+        return f"'step' is {meta['step']}"
+    for name, info in meta["files"].items():
+        if Path(name).name != name or name in ("", ".", ".."):
+            return f"file entry {name!r} is not a plain file name"
+        if not (isinstance(info, dict) and isinstance(info.get("bytes"), int) and not isinstance(info["bytes"], bool)
+                and isinstance(info.get("sha256"), str)):
+            return f"file entry {name!r} lacks its 'bytes' (an integer) or 'sha256' (a string)"
+    return None
 
 
 def check_domain(ckpt: Checkpoint, domain: str) -> None:

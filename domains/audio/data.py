@@ -15,6 +15,7 @@ place: ``fsdd_root()`` finds it, ``load_fsdd(split)`` loads it.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import struct
@@ -154,6 +155,31 @@ def wav_data_problem(path: str | Path) -> str | None:
     return None
 
 
+MAX_RESAMPLE_FILTER = 5_000_000  # elements of the sinc filter bank resampling may build (about 5x in memory while built)
+MAX_SAMPLES = 100_000_000  # samples of one resampled clip (400 MB as float32)
+
+
+def resample_filter_size(orig: int, new: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+    """Elements of the sinc filter bank that resampling ``orig`` -> ``new`` Hz builds (torchaudio's
+    polyphase method): with o, n the rates divided by their gcd, n filters of o + 2 w taps, where
+    w = ceil(lowpass_filter_width * o / (rolloff * min(o, n)))."""
+    g = math.gcd(int(orig), int(new))
+    o, n = int(orig) // g, int(new) // g
+    width = math.ceil(lowpass_filter_width * o / (rolloff * min(o, n)))
+    return n * (o + 2 * width)
+
+
+def resampling_problem(orig: int, new: int, samples: int) -> str | None:
+    """Why resampling ``samples`` samples from ``orig`` to ``new`` Hz would take unbounded memory
+    (a rate that shares no large factor with the target, or a clip that grows past MAX_SAMPLES), else None."""
+    if resample_filter_size(orig, new) > MAX_RESAMPLE_FILTER:
+        return (f"sample rate {orig} Hz: resampling to {new} Hz would build a filter of "
+                f"{resample_filter_size(orig, new):,} elements; convert the file to a common rate first")
+    if samples * new / orig > MAX_SAMPLES:
+        return f"sample rate {orig} Hz: {samples} samples would become {samples * new / orig:,.0f} at {new} Hz"
+    return None
+
+
 def load_audio_file(path: str | Path, sample_rate: int, *, mono: bool = True, downmix: bool = False,
                     resample: bool = True) -> torch.Tensor:
     """One file as a 1-D float32 tensor at ``sample_rate``; ``InputError`` naming the file and the
@@ -182,6 +208,9 @@ def load_audio_file(path: str | Path, sample_rate: int, *, mono: bool = True, do
     if rate != sample_rate:
         if not resample:
             raise InputError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (resampling is off)")
+        problem = resampling_problem(rate, sample_rate, wave.numel())
+        if problem:
+            raise InputError(f"{path}: {problem}")
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
         if wave.numel() == 0:
             raise InputError(f"{path}: empty after resampling {rate} -> {sample_rate} Hz")
