@@ -120,3 +120,19 @@ def config_overrides(domain, cfg: dict) -> list[str]:
         bare = isinstance(value, str) and parse_value(value) == value
         out.append(f"{key}={value if bare else json.dumps(value)}")
     return out
+
+
+class CardError(SystemExit):
+    """A source of a model card that is missing or does not describe the checkpoint (exit code 1)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
+
+def print_card(write, args) -> None:
+    """Print the card ``write(args)`` measures and writes; an ``InputError`` on the way (a source
+    that does not describe the checkpoint) becomes a ``CardError``."""
+    try:
+        print(write(args))
+    except InputError as e:
+        raise CardError(str(e)) from None

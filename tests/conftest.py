@@ -49,3 +49,23 @@ def points_data(points2d, tmp_path_factory):
     import sciffusion_points2d
 
     return sciffusion_points2d.make_dataset(tmp_path_factory.mktemp("points-data"), 300, seed=0)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import a script of the repository (a bench or a ship.py, not part of the package) by its
+    path relative to the root; its folder is on sys.path while it loads (scripts import siblings)."""
+    import importlib.util
+
+    def load(relative: str):
+        path = ROOT / relative
+        spec = importlib.util.spec_from_file_location(path.stem + "_script_" + path.parent.name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(path.parent))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        return module
+
+    return load

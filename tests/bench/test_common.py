@@ -2,26 +2,19 @@
 report the network calls it counted."""
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-import sciffusion
 from sciffusion.core.domain import resolve_config
 from sciffusion.core.sampling import SampleSpec, generate_batch
 
-COMMON_PY = Path(sciffusion.__file__).resolve().parent / "bench" / "common.py"
 DATA_CONFIG = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
 
 
 @pytest.fixture(scope="module")
-def common():
-    spec = importlib.util.spec_from_file_location("bench_common", COMMON_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def common(load_script):
+    return load_script("bench/common.py")
 
 
 @pytest.fixture(scope="module")

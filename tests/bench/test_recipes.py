@@ -2,30 +2,18 @@
 accepts, each n-call budget costs exactly n network calls, and the table's error bars are the
 binomial standard error."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-import sciffusion
 from sciffusion.core.domain import resolve_config
 from sciffusion.core.registry import get_domain
 
-BENCH = Path(sciffusion.__file__).resolve().parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def recipes():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_recipes", BENCH / "recipes.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+def recipes(load_script):
+    return load_script("bench/recipes.py")
 
 
 @pytest.fixture(scope="module")

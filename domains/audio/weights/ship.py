@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sciffusion.core.provenance import loss_curve, machine, processes, training_history, training_records
+from sciffusion.core.provenance import (CardError, loss_curve, machine, print_card, processes, training_history,
+                                        training_records)
 
 HERE = Path(__file__).resolve().parent
 MEL = HERE / "fsdd"
@@ -35,13 +36,6 @@ BENCH = HERE.parents[2] / "bench"
 METRICS = [("n", "n", "{:.0f}"), ("FID", "fid", "{:.2f}"), ("IS", "is", "{:.2f}"), ("mIS", "mis", "{:.1f}"),
            ("AM", "am", "{:.3f}"), ("NDB/K", "ndb_k", "{:.2f}"), ("accuracy %", "accuracy", "{:.1%}"),
            ("FID-class", "fid_class", "{:.2f}")]
-
-
-class CardError(SystemExit):
-    """A source of the card that is missing or does not describe the checkpoint (exit code 1)."""
-
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
 
 
 # ----------------------------------------------------------------------------- the data
@@ -212,8 +206,6 @@ def vocoder_verdict(rows: list[dict], mel_cfg: dict) -> str:
             f"`sample.vocoder = {mel_cfg['sample']['vocoder']}`.")
 
 
-
-
 def shipped_as(path: Path) -> str:
     from sciffusion.domains.audio.vocoder import VocoderDomain
 
@@ -334,12 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--vocoder-clips", type=int, default=50, help="FSDD test clips of the copy-synthesis table")
     args = ap.parse_args(argv)
     args.argv = argv
-    from sciffusion.core.io import InputError
-
-    try:
-        print(card(args))
-    except InputError as e:  # a source that does not describe the checkpoint
-        raise CardError(str(e)) from None
+    print_card(card, args)
 
 
 if __name__ == "__main__":

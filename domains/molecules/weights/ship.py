@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sciffusion.core.provenance import config_overrides, loss_curve, machine, processes, training_history, training_records
+from sciffusion.core.provenance import (CardError, config_overrides, loss_curve, machine, print_card, processes,
+                                        training_history, training_records)
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "qm9"
@@ -34,13 +35,6 @@ METRICS = [("atom stability", "atom_stability"), ("molecule stability", "molecul
            ("validity (EDM, largest fragment)", "validity"), ("validity (strict, one fragment)", "validity_strict"),
            ("uniqueness", "uniqueness"), ("V x U", "valid_and_unique"), ("novelty", "novelty"),
            ("validity (xyz2mol route)", "validity_xyz2mol")]
-
-
-class CardError(SystemExit):
-    """A source of the card that does not describe the checkpoint (printed, exit code 1)."""
-
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
 
 
 # ----------------------------------------------------------------------------- samples
@@ -264,12 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--sweep-samples", type=int, default=500, help="samples per sweep cell")
     args = ap.parse_args(argv)
     args.argv = argv
-    from sciffusion.core.io import InputError
-
-    try:
-        print(write_card(args))
-    except InputError as e:  # a source that does not describe the checkpoint
-        raise CardError(str(e)) from None
+    print_card(write_card, args)
 
 
 if __name__ == "__main__":

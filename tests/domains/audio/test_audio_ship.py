@@ -2,7 +2,6 @@
 checkpoints, the run's log or a measurement of the card run, it refuses a log of another run, and
 the shipped card says what the shipped checkpoint is."""
 
-import importlib.util
 import json
 import platform
 import re
@@ -23,11 +22,8 @@ FSDD = pytest.mark.skipif(fsdd_root() is None, reason="FSDD not found (../shared
 
 
 @pytest.fixture(scope="module")
-def ship():
-    spec = importlib.util.spec_from_file_location("audio_ship", SHIP_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ship(load_script):
+    return load_script("domains/audio/weights/ship.py")
 
 
 @pytest.fixture(scope="module")

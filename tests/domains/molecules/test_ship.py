@@ -2,7 +2,6 @@
 checkpoint, the run's log, the samples folder or a measurement, and it refuses sources that do not
 describe the checkpoint."""
 
-import importlib.util
 import json
 import platform
 import re
@@ -26,11 +25,8 @@ SMILES = ["C", "N", "O", "CC", "CO", "CN", "C=O", "C#N", "CCO", "CCN", "CC=O", "
 
 
 @pytest.fixture(scope="module")
-def ship():
-    spec = importlib.util.spec_from_file_location("molecules_ship", SHIP_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ship(load_script):
+    return load_script("domains/molecules/weights/ship.py")
 
 
 @pytest.fixture(scope="module")
