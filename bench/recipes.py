@@ -85,11 +85,25 @@ def checkpoints(run: Path) -> list[tuple[int, float, Path]]:
     from sciffusion.core.checkpoint import list_checkpoints
     from sciffusion.core.train import read_log
 
-    elapsed = {r["step"]: r["elapsed"] for r in read_log(run) if "elapsed" in r}
+    minutes = training_minutes(read_log(run))
     out = []
     for step, path in list_checkpoints(run):
-        known = [s for s in elapsed if s <= step]
-        out.append((step, elapsed[max(known)] / 60 if known else 0.0, path))
+        known = [s for s in minutes if s <= step]
+        out.append((step, minutes[max(known)] if known else 0.0, path))
+    return out
+
+
+def training_minutes(records: list[dict]) -> dict[int, float]:
+    """Training minutes at each logged step, summed over the run's sessions (each session's
+    ``elapsed`` starts at 0 after a resume; the time a stopped session spent past its last
+    checkpoint counts, as compute spent)."""
+    offset, last, out = 0.0, 0.0, {}
+    for r in records:
+        if r.get("event") == "resume":
+            offset, last = offset + last, 0.0
+        elif "elapsed" in r:
+            last = float(r["elapsed"])
+            out[int(r["step"])] = (offset + last) / 60.0
     return out
 
 
@@ -168,22 +182,27 @@ def report(out: Path, argv: list[str]) -> None:
     scored = {r["arm"] for r in final}
     unscored = [f"{arm} ({checkpoints(out / arm)[-1][0]} steps)" for arm in ARMS
                 if arm not in scored and (out / arm).is_dir() and checkpoints(out / arm)]
-    text = ["Equal compute: every arm trained for the same wall-clock budget on one CPU process (one "
-            "thread), same EGNN 96x5, batch 64, lr 1e-3 (300 warm-up steps, no decay), EMA 0.999; "
-            "scored on the same seeds at the same counted network calls. ± is the binomial standard error "
-            "sqrt(p (1 - p) / n) of a percentage over n samples.", "",
-            common.table(["arm", "recipe", "train min", "step", "calls", "samples", "atom stab.", "mol. stab.",
-                          "valid", "V x U"], rows)]
+    text = []
+    if final:
+        text = ["Equal compute: every arm trained for the same wall-clock budget on one CPU process (one "
+                "thread), same EGNN 96x5, batch 64, lr 1e-3 (300 warm-up steps, no decay), EMA 0.999; "
+                "scored on the same seeds at the same counted network calls. ± is the binomial standard error "
+                "sqrt(p (1 - p) / n) of a percentage over n samples.", "",
+                common.table(["arm", "recipe", "train min", "step", "calls", "samples", "atom stab.", "mol. stab.",
+                              "valid", "V x U"], rows)]
     if unscored:
         text += ["", "Trained but not scored: " + ", ".join(unscored) + "."]
     if results.get("curve"):
         crow = [[r["arm"], f"{r['minutes']:.1f}", str(r["step"]), str(r["calls"]), str(r["samples"]),
-                 f"{r['atom']:.1f}", f"{r['molecule']:.1f}", f"{r['valid']:.1f}"] for r in results["curve"]]
-        text += ["", "Molecule stability against training minutes:", "",
+                 f"{r['atom']:.1f}", f"{r['molecule']:.1f} ± {standard_error(r['molecule'], r['samples']):.1f}",
+                 f"{r['valid']:.1f}"] for r in results["curve"]]
+        text += ["", "Molecule stability against training minutes (wall-clock minutes of the run's own processes, "
+                 "from its log):", "",
                  common.table(["arm", "train min", "step", "calls", "samples", "atom stab.", "mol. stab.", "valid"],
                               crow)]
     header = common.run_header("recipes.py", argv, torch.device("cpu"))
-    path = common.append_results("Molecules: recipe study at equal compute", "\n".join(header + [""] + text))
+    title = "Molecules: recipe study at equal compute" if final else f"Molecules: training curve of {out}"
+    path = common.append_results(title, "\n".join(header + [""] + text))
     print("\n".join(text))
     print(f"appended to {path}")
 

@@ -54,3 +54,9 @@ def test_standard_error_is_binomial(recipes):
 def test_unknown_arm_is_refused(recipes):
     with pytest.raises(SystemExit, match="unknown arm"):
         recipes.overrides("edm+typo")
+
+
+def test_training_minutes_add_up_over_resumed_sessions(recipes):
+    log = [{"step": 0, "event": "start"}, {"step": 100, "elapsed": 60.0}, {"step": 200, "elapsed": 120.0},
+           {"step": 150, "event": "resume"}, {"step": 250, "elapsed": 30.0}]
+    assert recipes.training_minutes(log) == {100: 1.0, 200: 2.0, 250: 2.5}
