@@ -59,8 +59,14 @@ run() {
     rm -rf "$run" && cp -r "$RUN_SRC" "$run"
     local minutes
     minutes=$(awk "BEGIN { print $left / 60 }")
+    # the run's cosine schedule ended at its last train.steps: raising it by 20,000 (about what an
+    # H200 does in the minutes left at this size) restarts the decay from mid-cycle and anneals
+    # again by the end of the visit; the time budget stops it either way, so check the adopted
+    # model before shipping it
+    local step_now
+    step_now=$(ls -d "$run"/checkpoints/step-* | sort | tail -n 1 | sed 's/.*step-0*//')
     $py -m sciffusion.cli train molecules --config "$run/config.json" --out "$run" --no-progress \
-      "train.steps=100000000" "train.max_minutes=$minutes" 2>&1 | tail -n 5 | tee -a "$out/train.txt"
+      "train.steps=$(( step_now + 20000 ))" "train.max_minutes=$minutes" 2>&1 | tail -n 5 | tee -a "$out/train.txt"
     local last
     last=$(ls -d "$run"/checkpoints/step-* | sort | tail -n 1)
     cp "$last"/* "$out/ckpt/" && cp "$run/log.jsonl" "$run/config.json" "$out/ckpt/"
