@@ -181,7 +181,7 @@ def report(out: Path, argv: list[str]) -> None:
             for r in final]
     scored = {r["arm"] for r in final}
     unscored = [f"{arm} ({checkpoints(out / arm)[-1][0]} steps)" for arm in ARMS
-                if arm not in scored and (out / arm).is_dir() and checkpoints(out / arm)]
+                if final and arm not in scored and (out / arm).is_dir() and checkpoints(out / arm)]
     text = []
     if final:
         text = ["Equal compute: every arm trained for the same wall-clock budget on one CPU process (one "
