@@ -65,7 +65,7 @@ def sessions(records: list[dict]) -> tuple[list[dict], list[tuple[int, float, fl
     for rec in records:
         if rec.get("event") in ("start", "resume"):
             segments.append({"from": rec["step"], "to": rec["step"], "world": rec.get("world_size", 1),
-                             "device": rec.get("device", "an unrecorded device"), "s": 0.0})
+                             "device": rec.get("device", "an unrecorded device"), "s": 0.0, "sessions": 1})
         elif "loss" in rec and segments:
             seg = segments[-1]
             if seg["to"] == seg["from"] and last_lr is not None and rec["lr"] > 2 * last_lr:
@@ -75,7 +75,7 @@ def sessions(records: list[dict]) -> tuple[list[dict], list[tuple[int, float, fl
     for seg in (g for g in segments if g["to"] > g["from"]):  # sessions killed before a log line left no steps
         last = merged[-1] if merged else None
         if last and (last["world"], last["device"], last["to"]) == (seg["world"], seg["device"], seg["from"]):
-            last.update(to=seg["to"], s=last["s"] + seg["s"])
+            last.update(to=seg["to"], s=last["s"] + seg["s"], sessions=last["sessions"] + 1)
         else:
             merged.append(dict(seg))
     return merged, restarts
@@ -89,11 +89,15 @@ def training_history(records: list[dict]) -> str:
     """The run's sessions in words: steps, processes, device and time of each, and warm restarts."""
     merged, restarts = sessions(records)
     text = "; ".join(f"steps {g['from']:,} to {g['to']:,} in {processes(g['world'])} on {g['device']} "
-                     f"({g['s'] / 60:.0f} min)" for g in merged)
+                     f"({g['s'] / 60:.0f} min{_resumed(g['sessions'])})" for g in merged)
     for step, before, after in restarts:
         text += (f". At step {step:,} the run was resumed with train.steps raised, which restarted the "
                  f"schedule (learning rate {before:.1e} -> {after:.1e}, a warm restart)")
     return text + "." if text else "the log records no training steps."
+
+
+def _resumed(sessions: int) -> str:
+    return "" if sessions == 1 else f", {sessions} sessions: stopped and resumed {sessions - 1} time{'s' * (sessions > 2)}"
 
 
 def loss_curve(records: list[dict], points: int = 7) -> str:

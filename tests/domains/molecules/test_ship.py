@@ -53,7 +53,8 @@ def test_training_history_names_sessions_processes_devices_and_warm_restarts(shi
                   {"step": 400, "loss": 0.2, "lr": 8e-4, "elapsed": 300.0}]  # as the trainer logs them
     text = ship.training_history(log)
     assert text.startswith("steps 0 to 200 in one process on cpu (2 min); "
-                           "steps 200 to 400 in 2 processes under torchrun on cuda:0 (15 min)")
+                           "steps 200 to 400 in 2 processes under torchrun on cuda:0 (15 min, 2 sessions: "
+                           "stopped and resumed 1 time)")
     assert "At step 200 the run was resumed with train.steps raised" in text and "5.0e-05 -> 9.0e-04" in text
     assert ship.training_history([]) == "the log records no training steps."
     curve = ship.loss_curve(log, points=3)
@@ -82,9 +83,10 @@ def test_sampling_setting_is_one_and_must_be_the_models_default(ship):
     with pytest.raises(SystemExit, match="mixes 2 sampling settings"):
         ship.sampling_of([row, dict(row, steps=25, network_calls=26)])
     ckpt = load_checkpoint(get_domain("molecules").default_checkpoint())
-    ship.check_default(row, ckpt)  # the shipped model's own defaults
+    own = {k: ckpt.config["sample"][k] for k in ("sampler", "grid", "steps", "guidance")}
+    ship.check_default(dict(row, **own), ckpt)  # the shipped model's own defaults
     with pytest.raises(SystemExit, match="not with the model's defaults"):
-        ship.check_default(dict(row, sampler="dpmpp_2m"), ckpt)
+        ship.check_default(dict(row, **dict(own, sampler="dpmpp_2m")), ckpt)
     assert ship.parse_sweep(["ddpm:25", "heun:10:log_snr"]) == [{"sampler": "ddpm", "steps": 25},
                                                                {"sampler": "heun", "steps": 10, "grid": "log_snr"}]
     with pytest.raises(SystemExit, match="sampler:steps"):
