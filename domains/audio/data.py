@@ -50,10 +50,17 @@ class GroupSplit:
     test_values: frozenset
 
     def is_test(self, name: str) -> bool | None:
-        m = re.match(self.pattern, name)
+        m = re.match(self.pattern, name_for_patterns(name))
         if m is None or self.group not in m.groupdict():
             return None
         return m.group(self.group) in self.test_values
+
+
+def name_for_patterns(name: str) -> str:
+    """A file name as label and split patterns see it: its extension in lower case (``0_x_0.WAV``
+    matches FSDD's ``...\\.wav$`` like ``0_x_0.wav``), the rest as it is."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.{ext.lower()}" if dot else name
 
 
 @dataclass(frozen=True)
@@ -280,7 +287,7 @@ def load_audio_folder(root: str | Path, sample_rate: int = 8000, *, label_patter
             raise ValueError(f"label_pattern needs a named group 'label': {label_pattern!r}")
         kept = []
         for p, _ in entries:
-            m = rx.match(p.name)
+            m = rx.match(name_for_patterns(p.name))
             if m is None:
                 bad(p, f"file name does not match the label pattern {label_pattern!r}")
             else:

@@ -49,7 +49,7 @@ def _span_seconds(span, file: str) -> tuple[float, float]:
 def load_inpaint_spec(sample_cfg: dict, mel_cfg: MelConfig, length: int, label_pattern: str | None) -> InpaintSpec | None:
     """The inpainting request of a sample config, or None when ``sample.inpaint`` is empty. Errors name
     the file: unreadable audio, a clip longer than the model's, a span outside the clip."""
-    from .data import load_audio_file
+    from .data import load_audio_file, name_for_patterns
 
     file = str(sample_cfg.get("inpaint") or "")
     if not file:
@@ -77,7 +77,7 @@ def load_inpaint_spec(sample_cfg: dict, mel_cfg: MelConfig, length: int, label_p
     padded[:wave.numel()] = wave
     label = None
     if label_pattern:
-        m = re.match(label_pattern, path.name)
+        m = re.match(label_pattern, name_for_patterns(path.name))
         label = m.group("label") if m and "label" in m.groupdict() else None
     return InpaintSpec(str(path), padded, start, end, fade, label)
 

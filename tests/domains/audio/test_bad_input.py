@@ -175,3 +175,14 @@ def test_evaluate_finds_upper_case_wav_files(mixed_case, no_fsdd):
     write_pcm16(upper_only / "x.WAV", samples(2000))
     m = api.evaluate("audio", [upper_only])
     assert m["files"] == 1 and m["duration_s"] == pytest.approx(0.25)
+
+
+def test_fsdd_names_with_upper_case_extensions_keep_their_labels_and_split(tmp_path):
+    for name in ("3_ann_0.WAV", "7_bob_12.Wav", "5_cat_3.wav"):
+        write_pcm16(tmp_path / name, samples(800))
+    train = D.load_audio_folder(tmp_path, RATE, split="train", length=800)
+    test = D.load_audio_folder(tmp_path, RATE, split="test", length=800)
+    assert [p.name for p in train.files] == ["7_bob_12.Wav"]  # FSDD's split: takes 0-4 are the test split
+    assert [p.name for p in test.files] == ["3_ann_0.WAV", "5_cat_3.wav"]
+    assert [test.label_names[i] for i in test.labels] == ["3", "5"] and train.skipped == test.skipped == []
+    assert D.name_for_patterns("0_x_0.WAV") == "0_x_0.wav" and D.name_for_patterns("README") == "README"
