@@ -21,7 +21,7 @@ from sciffusion.core.registry import get_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                derandomize=True)
+                derandomize=True, database=None)
 
 
 @st.composite
