@@ -180,8 +180,8 @@ def report(out: Path, argv: list[str]) -> None:
              f"{r['valid']:.1f} ± {standard_error(r['valid'], r['samples']):.1f}", f"{r['vxu']:.1f}"]
             for r in final]
     scored = {r["arm"] for r in final}
-    unscored = [f"{arm} ({checkpoints(out / arm)[-1][0]} steps)" for arm in ARMS
-                if final and arm not in scored and (out / arm).is_dir() and checkpoints(out / arm)]
+    trained = {arm: checkpoints(out / arm) for arm in ARMS if final and arm not in scored and (out / arm).is_dir()}
+    unscored = [f"{arm} ({ckpts[-1][0]} steps)" for arm, ckpts in trained.items() if ckpts]
     text = []
     if final:
         text = ["Equal compute: every arm trained for the same wall-clock budget on one CPU process (one "

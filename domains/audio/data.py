@@ -32,7 +32,7 @@ from sciffusion.core.io import InputError
 from .mel import mel_config_of, num_frames
 
 __all__ = ["AudioClips", "GroupSplit", "EveryKSplit", "FSDD_PATTERN", "FSDD_SPLIT", "AUDIO_EXTENSIONS",
-           "list_audio_files", "wav_data_problem", "load_audio_folder", "load_audio_file", "crop_or_pad",
+           "list_audio_files", "label_of", "wav_data_problem", "load_audio_folder", "load_audio_file", "crop_or_pad",
            "fsdd_root", "load_fsdd", "split_rule", "load_examples", "clips_data_config"]
 
 FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
@@ -61,6 +61,13 @@ def name_for_patterns(name: str) -> str:
     matches FSDD's ``...\\.wav$`` like ``0_x_0.wav``), the rest as it is."""
     stem, dot, ext = name.rpartition(".")
     return f"{stem}.{ext.lower()}" if dot else name
+
+
+def label_of(name: str, pattern: str) -> str | None:
+    """The ``label`` group of ``pattern`` matched against a file name (as ``name_for_patterns``
+    shows it), or None when the name does not match or the pattern has no such group."""
+    m = re.match(pattern, name_for_patterns(name))
+    return m.group("label") if m and "label" in m.groupdict() else None
 
 
 @dataclass(frozen=True)
@@ -179,9 +186,10 @@ def resample_filter_size(orig: int, new: int, lowpass_filter_width: int = 6, rol
 def resampling_problem(orig: int, new: int, samples: int) -> str | None:
     """Why resampling ``samples`` samples from ``orig`` to ``new`` Hz would take unbounded memory
     (a rate that shares no large factor with the target, or a clip that grows past MAX_SAMPLES), else None."""
-    if resample_filter_size(orig, new) > MAX_RESAMPLE_FILTER:
+    size = resample_filter_size(orig, new)
+    if size > MAX_RESAMPLE_FILTER:
         return (f"sample rate {orig} Hz: resampling to {new} Hz would build a filter of "
-                f"{resample_filter_size(orig, new):,} elements; convert the file to a common rate first")
+                f"{size:,} elements; convert the file to a common rate first")
     if samples * new / orig > MAX_SAMPLES:
         return f"sample rate {orig} Hz: {samples} samples would become {samples * new / orig:,.0f} at {new} Hz"
     return None

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,8 +26,8 @@ import torch
 from ...core.domain import Batch, Domain
 from ...core.io import InputError
 from ...core.state import State
-from .data import (FSDD_PATTERN, clips_data_config, fsdd_root, load_audio_file, load_examples, load_fsdd,
-                   name_for_patterns)
+from .data import (FSDD_PATTERN, clips_data_config, fsdd_root, label_of, load_audio_file, load_examples,
+                   load_fsdd)
 from .mel import MelConfig, MelConfigMismatch, check_mel, clip_wave, mel_config_of, mel_to_waveform, waveform_to_mel
 from .tables import AudioData, AudioModel, AudioSample
 from .vocoder import VocoderDomain, load_vocoder
@@ -308,8 +307,7 @@ class AudioDomain(Domain):
         except (ValueError, RuntimeError, AttributeError):
             label = None
         if label is None:
-            m = re.match(FSDD_PATTERN, name_for_patterns(path.name))
-            label = m.group("label") if m else None
+            label = label_of(path.name, FSDD_PATTERN)
         return {"wave": wave.numpy(), "sample_rate": int(info.samplerate), "label": -1,
                 "label_name": _label_key(label), "mel": None, "file": str(path)}
 

@@ -14,7 +14,6 @@ to the model's), ``inpaint_span`` = [start_s, end_s] within the model's clip len
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def _span_seconds(span, file: str) -> tuple[float, float]:
 def load_inpaint_spec(sample_cfg: dict, mel_cfg: MelConfig, length: int, label_pattern: str | None) -> InpaintSpec | None:
     """The inpainting request of a sample config, or None when ``sample.inpaint`` is empty. Errors name
     the file: unreadable audio, a clip longer than the model's, a span outside the clip."""
-    from .data import load_audio_file, name_for_patterns
+    from .data import label_of, load_audio_file
 
     file = str(sample_cfg.get("inpaint") or "")
     if not file:
@@ -75,10 +74,7 @@ def load_inpaint_spec(sample_cfg: dict, mel_cfg: MelConfig, length: int, label_p
     fade = min(int(round(fade_s * rate)), (end - start) // 2)
     padded = torch.zeros(length)
     padded[:wave.numel()] = wave
-    label = None
-    if label_pattern:
-        m = re.match(label_pattern, name_for_patterns(path.name))
-        label = m.group("label") if m and "label" in m.groupdict() else None
+    label = label_of(path.name, label_pattern) if label_pattern else None
     return InpaintSpec(str(path), padded, start, end, fade, label)
 
 

@@ -128,15 +128,8 @@ def _build_tables():
 THRESHOLDS_PM, ALLOWED_TABLE = _build_tables()
 
 
-def _min_valences() -> np.ndarray:
-    """Smallest allowed valence by atomic number (0 for elements without a valence)."""
-    out = np.zeros(_ZMAX + 1, dtype=np.int64)
-    for sym, vals in ALLOWED_VALENCES.items():
-        out[ATOMIC_NUMBER[sym]] = min(vals)
-    return out
-
-
-_MIN_VALENCE = _min_valences()
+# smallest allowed valence by atomic number: the first allowed column of ALLOWED_TABLE (0 where none)
+_MIN_VALENCE = ALLOWED_TABLE.argmax(axis=1).astype(np.int64)
 
 
 def _checked_z(z: np.ndarray) -> np.ndarray:
