@@ -18,8 +18,10 @@ Lifecycle
   ``build_denoiser(cfg, data_config)`` -> ``Denoiser``; ``build_objective(cfg)``.
 - generation: ``template(seeds, cfg, data_config)`` -> the shape of the batch to generate (a
   ``Batch`` whose x0 values are ignored; sizes drawn from each seed alone); optionally
-  ``constraint(batch, seeds, cfg, data_config)`` -> known entries to pin (inpainting); a sampler produces x0;
-  ``decode(x0, cond, data_config)`` -> domain objects; ``write(objects, seeds, folder, ...)`` -> files.
+  ``constraint(batch, seeds, cfg, data_config)`` -> known entries to pin (inpainting); optionally
+  ``start(batch, seeds, cfg, data_config)`` -> a state to edit and its start time (SDEdit); a sampler produces x0;
+  ``decode(x0, cond, data_config)`` -> domain objects; ``write(objects, seeds, folder, ...)`` -> files;
+  optionally ``run_picture(files, path, data_config)`` -> one picture of the run.
 - evaluation: ``read(path)`` -> object; ``metrics(objects, data_config, reference=None)`` -> {name: float}.
 
 Rules the engine relies on
@@ -56,6 +58,8 @@ ENGINE_TABLES: dict[str, type[Table]] = {"process": ProcessConfig, "objective": 
 #: eps-prediction is warned of when x0 = (x - sigma eps)/alpha amplifies the network's error by more
 #: than this at t = 1 (sigma~(1) = sigma/alpha: vp_cosine's is 1808, EDM's polynomial schedule's 316)
 EPS_GAIN_WARNING = 1000.0
+#: how many samples (the first, in seed order) a run picture shows at most
+RUN_PICTURE_SAMPLES = 64
 
 
 @dataclass
@@ -162,6 +166,11 @@ class Domain(abc.ABC):
         return None
 
     # ------------------------------------------------------------------ generation
+    def check_sample(self, cfg: dict, data_config: dict) -> None:
+        """Raise ``InputError`` when this model cannot run a generation config (the files its
+        ``sample`` table names are missing or do not fit the model): called before anything is
+        written to the output folder. Default: nothing to check."""
+
     @abc.abstractmethod
     def template(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> Batch:
         """The batch to generate for these seeds (sizes from each seed alone; values ignored)."""
@@ -173,6 +182,13 @@ class Domain(abc.ABC):
         (``core.guidance.Inpaint``). None (the default): nothing is pinned."""
         return None
 
+    def start(self, batch: Batch, seeds: Sequence[int], cfg: dict, data_config: dict) -> "tuple[State, float] | None":
+        """SDEdit (Meng et al. 2022): ``(given, t0)``, a state like ``batch.x0`` to edit and the start
+        time t0 in (0, 1]; the engine starts the sampler from ``given`` noised to t0
+        (``core.guidance.sdedit_start``) on the part of the time grid at or below t0. None (the
+        default): sampling starts from the prior."""
+        return None
+
     @abc.abstractmethod
     def decode(self, x0: State, cond: Any, data_config: dict) -> list[Any]:
         """Generated states to domain objects, one per example."""
@@ -182,6 +198,12 @@ class Domain(abc.ABC):
         """Write one file per object into ``folder`` (atomically), named by seed; return the paths, one
         per object: a path, or a sequence whose first path is the sample and the rest its companions
         (e.g. a picture), which the manifest lists with it."""
+
+    def run_picture(self, files: Sequence[Path], path: Path, data_config: dict) -> Path | None:
+        """A picture of a whole generation run (e.g. a grid of samples), written atomically to
+        ``path`` once the run's manifest is complete; ``files`` are the first samples' files in seed
+        order (at most ``RUN_PICTURE_SAMPLES``). None (the default): no picture."""
+        return None
 
     # ------------------------------------------------------------------ evaluation
     @abc.abstractmethod

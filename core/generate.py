@@ -56,11 +56,12 @@ from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoi
 from .checkpoint import resolve as resolve_checkpoint
 from .config import config_hash
 from .distributed import Distributed, pick_device
-from .domain import Domain, denoiser_from_checkpoint, resolve_config
+from .domain import RUN_PICTURE_SAMPLES, Domain, denoiser_from_checkpoint, resolve_config
 from .io import InputError, atomic_write_json, atomic_write_text, sha256_json
 from .progress import Progress
 from .registry import UnknownDomainError, available, get_domain, provider
-from .sample_folder import FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, file_check, part_name, prepare, write_manifest
+from .sample_folder import (FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, RUN_PICTURE, file_check, part_name, prepare,
+                            write_manifest)
 from .sampling import SampleSpec, generate_batch, guidance_null
 from .seeds import parse_seeds, shard_seeds
 from .version import __version__
@@ -239,6 +240,19 @@ class _Generator:
                 raise
 
 
+def _run_picture(domain: Domain, out: Path, data_config: dict) -> str | None:
+    """The domain's picture of the run (``Domain.run_picture``) from the manifest's first samples;
+    its file name, or None when the domain draws none."""
+    files = []
+    with open(out / MANIFEST, encoding="utf-8") as f:
+        for line in f:
+            if len(files) >= RUN_PICTURE_SAMPLES:
+                break
+            files.append(out / json.loads(line)["file"])
+    path = domain.run_picture(files, out / RUN_PICTURE, data_config) if files else None
+    return None if path is None else Path(path).name
+
+
 def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
            batch_size: int | None = None, sampler: str | None = None, steps: int | None = None,
            grid: str | None = None, guidance: float | None = None, overrides: Sequence[str] = (),
@@ -271,6 +285,7 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
     try:
         domain, ckpt = _load_model(model)
         cfg = _resolve_config(domain, ckpt, explicit, list(overrides))
+        domain.check_sample(cfg, ckpt.data_config)
         dev = pick_device(device, ctx.local_rank)
         chash = samples_config_hash(cfg)
         gen = _Generator(domain, cfg, ckpt, dev, out, chash)
@@ -329,9 +344,10 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
     def finish() -> None:
         try:
             files = write_manifest(out, shards)
+            picture = _run_picture(domain, out, ckpt.data_config)
             atomic_write_json(out / RUN, dict(header, status="complete", files=files, generated=total_generated,
                                               skipped=skipped, seconds=round(seconds, 3), samples_per_s=round(rate, 3),
-                                              network_calls_per_sample=calls,
+                                              network_calls_per_sample=calls, picture=picture,
                                               finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
         except Exception as e:  # noqa: BLE001
             raise RuntimeError(f"{out}: writing the manifest failed: {type(e).__name__}: {e}") from None

@@ -27,7 +27,8 @@ FORMAT = "sciffusion-samples/1"
 PARTS = ".parts"
 MANIFEST = "manifest.jsonl"
 RUN = "run.json"
-ENGINE_FILES = (MANIFEST, RUN)  # what the engine writes into a samples folder beside the domain's files
+RUN_PICTURE = "grid.png"  # the domain's picture of the whole run (Domain.run_picture), when it draws one
+ENGINE_FILES = (MANIFEST, RUN, RUN_PICTURE)  # what the engine writes into a samples folder beside the domain's files
 _PART = re.compile(r"^shard-(\d+)\.jsonl$")
 # keys of sample.* that never change a sample (left out of the config hash)
 NOT_HASHED = ("batch_size", "shard_size")
@@ -115,7 +116,8 @@ def _listed_files(out: Path) -> Iterator[Path]:
 
 
 def _clear(out: Path) -> None:
-    """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json.
+    """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json
+    and the run picture.
     Files nobody listed are left alone."""
     dirs = set()
     for f in set(_listed_files(out)):
@@ -124,6 +126,7 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / PARTS, ignore_errors=True)
     (out / MANIFEST).unlink(missing_ok=True)
     (out / RUN).unlink(missing_ok=True)
+    (out / RUN_PICTURE).unlink(missing_ok=True)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # sub-folders a domain made, if now empty
         if d != out:
             try:

@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from .schema import Annotated, Check, ConfigError, Table, one_of, specs_of_signature
-from .grids import GRIDS, make_grid
-from .guidance import ClassifierFreeGuidance, Inpaint
+from .grids import GRIDS, make_grid, truncate
+from .guidance import ClassifierFreeGuidance, Inpaint, sdedit_start
 from .io import InputError
 from .noise import ExampleNoise
 from .objectives import null_condition_like
@@ -162,10 +162,12 @@ class Sampled:
 
 
 def sample_batch(denoiser, like: State, cond: Any, noise: ExampleNoise, spec: SampleSpec, *,
-                 null: Mapping | None = None, constraint: Inpaint | None = None) -> Sampled:
+                 null: Mapping | None = None, constraint: Inpaint | None = None,
+                 start: "tuple[State, float] | None" = None) -> Sampled:
     """Sample one batch shaped like ``like`` (values ignored): prior noise at the grid's first
     time, the sampler with ``spec``'s options, classifier-free guidance on ``null`` when the
-    weight is > 0, and ``constraint`` pinned after every step. ``noise`` holds one seed per example."""
+    weight is > 0, and ``constraint`` pinned after every step. ``noise`` holds one seed per example.
+    ``start = (given, t0)``: SDEdit, from ``given`` noised to t0 over the grid truncated at t0."""
     if spec.dtype is not None:
         like, cond = like.to(dtype=spec.dtype), _cast(cond, spec.dtype)
         if constraint is not None:
@@ -183,8 +185,14 @@ def sample_batch(denoiser, like: State, cond: Any, noise: ExampleNoise, spec: Sa
     kwargs = dict(spec.options)
     if constraint is not None:
         kwargs["constraint"] = constraint
-    x = prior(denoiser.process, like, noise, t=float(spec.grid[0]))  # one noise object: draws never repeat
-    x0 = spec.sampler(den, x, spec.grid, cond, noise=noise, **kwargs)
+    grid = spec.grid
+    if start is None:
+        x = prior(denoiser.process, like, noise, t=float(grid[0]))  # one noise object: draws never repeat
+    else:
+        given, t0 = start
+        grid = truncate(grid, float(t0))
+        x = sdedit_start(given.to(dtype=like.dtype), float(t0), denoiser.process, noise)
+    x0 = spec.sampler(den, x, grid, cond, noise=noise, **kwargs)
     return Sampled(x0, cond, counted.calls)
 
 
@@ -201,8 +209,8 @@ def guidance_null(domain, cfg: Mapping, data_config: dict, spec: SampleSpec) -> 
 
 def generate_batch(domain, denoiser, seeds: Sequence[int], cfg: Mapping, data_config: dict, spec: SampleSpec,
                    *, device: torch.device | str = "cpu", null: Mapping | None = None) -> Sampled:
-    """The domain's template for ``seeds`` sampled with ``spec``: template -> constraint -> prior ->
-    sampler. ``null``: :func:`guidance_null` (looked up here when not given)."""
+    """The domain's template for ``seeds`` sampled with ``spec``: template -> constraint -> start
+    (SDEdit) or prior -> sampler. ``null``: :func:`guidance_null` (looked up here when not given)."""
     device = torch.device(device)
     tpl = domain.template(seeds, cfg, data_config)
     if tpl.x0.batch_size != len(seeds):
@@ -213,10 +221,13 @@ def generate_batch(domain, denoiser, seeds: Sequence[int], cfg: Mapping, data_co
     if pin is not None:
         known, mask = pin
         constraint = Inpaint(known.to(device), {k: m.to(device) for k, m in mask.items()}, denoiser.process)
+    start = domain.start(tpl, seeds, cfg, data_config)
+    if start is not None:
+        start = (start[0].to(device), float(start[1]))
     if null is None:
         null = guidance_null(domain, cfg, data_config, spec)
     noise = ExampleNoise(seeds, device=device)
-    return sample_batch(denoiser, tpl.x0, tpl.cond, noise, spec, null=null, constraint=constraint)
+    return sample_batch(denoiser, tpl.x0, tpl.cond, noise, spec, null=null, constraint=constraint, start=start)
 
 
 @torch.no_grad()

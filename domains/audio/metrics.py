@@ -19,15 +19,19 @@ Protocol (DiffWave, SC09; here any labelled set, e.g. FSDD): a classifier traine
 - ``per_class_fid``: mean over classes of the FID between generated and reference clips of that class.
 
 Numbers are returned as Python floats; inputs are tensors or arrays (converted to float64).
+The feature / probability statistics are domain-agnostic and live in ``sciffusion.core.features``;
+they are re-exported here under the same names.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from scipy.stats import norm
+
+from sciffusion.core.features import (accuracy, am_score, fid, frechet_distance, gaussian_stats, inception_score,
+                                      kmeans, modified_inception_score, ndb_k, per_class_fid)
+from sciffusion.core.features import per_class_fid_defined as _per_class_fid_defined
 
 from .mel import DEFAULT_MEL, MelConfig, mel_filterbank, stft_magnitude
 
@@ -36,152 +40,6 @@ __all__ = ["gaussian_stats", "frechet_distance", "fid", "per_class_fid", "incept
            "spectral_convergence", "log_spectral_distance", "mel_cepstral_distortion"]
 
 _EPS = 1e-12
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _probs(p_or_logits, logits: bool) -> np.ndarray:
-    x = _np(p_or_logits)
-    if logits:
-        x = x - x.max(axis=1, keepdims=True)
-        x = np.exp(x)
-        x /= x.sum(axis=1, keepdims=True)
-    return np.clip(x, _EPS, 1.0)
-
-
-# ------------------------------------------------------------------------------------------- FID
-def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance (N-1) of (N, D) features, float64."""
-    f = _np(features)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need (N >= 2, D) features, got shape {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
-
-
-def _psd_sqrt(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}).
-
-    The trace of (S1 S2)^{1/2} equals that of (A S2 A)^{1/2} with A = S1^{1/2}, a symmetric PSD
-    matrix, so it is computed from symmetric eigen-decompositions with negative round-off
-    eigenvalues clipped to 0: no complex parts, stable for singular covariances. Clipped at >= 0."""
-    mu1, mu2, s1, s2 = _np(mu1), _np(mu2), _np(sigma1), _np(sigma2)
-    a = _psd_sqrt(s1)
-    m = a @ s2 @ a
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
-    d = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
-    return max(d, 0.0)
-
-
-def fid(gen_features, ref_features) -> float:
-    """Frechet distance between Gaussian fits of generated and reference (N, D) features."""
-    return frechet_distance(*gaussian_stats(gen_features), *gaussian_stats(ref_features))
-
-
-def _per_class_fid_defined(gen_labels, ref_labels) -> bool:
-    """Whether every class present in ``gen_labels`` has >= 2 clips on both sides."""
-    gl, rl = np.asarray(gen_labels), np.asarray(ref_labels)
-    return all((gl == c).sum() >= 2 and (rl == c).sum() >= 2 for c in np.unique(gl))
-
-
-def per_class_fid(gen_features, gen_labels, ref_features, ref_labels) -> float:
-    """Mean over the classes present in ``gen_labels`` of the FID between that class's generated
-    and reference features (classes need >= 2 clips on each side)."""
-    g, r = _np(gen_features), _np(ref_features)
-    gl, rl = np.asarray(gen_labels), np.asarray(ref_labels)
-    vals = []
-    for c in np.unique(gl):
-        if (gl == c).sum() < 2 or (rl == c).sum() < 2:
-            raise ValueError(f"class {c}: need >= 2 generated and >= 2 reference clips")
-        vals.append(fid(g[gl == c], r[rl == c]))
-    return float(np.mean(vals))
-
-
-# --------------------------------------------------------------------------- probability scores
-def inception_score(probs, logits: bool = False) -> float:
-    """IS = exp(E_x KL(p(y|x) || p(y))); between 1 and the number of classes."""
-    p = _probs(probs, logits)
-    py = p.mean(axis=0, keepdims=True)
-    return float(np.exp((p * (np.log(p) - np.log(py))).sum(axis=1).mean()))
-
-
-def modified_inception_score(probs, logits: bool = False) -> float:
-    """mIS = exp(E_{i,j} KL(p(y|x_i) || p(y|x_j))), mean over all N^2 ordered pairs (i = j gives 0)."""
-    p = _probs(probs, logits)
-    lp = np.log(p)
-    kl = (p * lp).sum(axis=1)[:, None] - p @ lp.T
-    return float(np.exp(kl.mean()))
-
-
-def am_score(probs, ref_probs, logits: bool = False) -> float:
-    """AM = KL(p_ref(y) || p_gen(y)) + E_x H(p(y|x)); ``ref_probs`` from real reference clips."""
-    p, r = _probs(probs, logits), _probs(ref_probs, logits)
-    pg, pr = p.mean(axis=0), r.mean(axis=0)
-    kl = float((pr * (np.log(pr) - np.log(pg))).sum())
-    ent = float(-(p * np.log(p)).sum(axis=1).mean())
-    return kl + ent
-
-
-def accuracy(probs_or_logits, labels) -> float:
-    """Share of clips whose arg-max class equals the requested label."""
-    x = _np(probs_or_logits)
-    return float((x.argmax(axis=1) == np.asarray(labels)).mean())
-
-
-# ------------------------------------------------------------------------------------------ NDB/K
-def kmeans(x, k: int, seed: int = 0, n_iter: int = 50) -> np.ndarray:
-    """Centroids (k, D) by Lloyd's algorithm from a k-means++ start (seeded, deterministic)."""
-    x = _np(x)
-    n = x.shape[0]
-    if n < k:
-        raise ValueError(f"k-means with {k} bins needs >= {k} points, got {n}")
-    rng = np.random.default_rng(seed)
-    cent = [x[rng.integers(n)]]
-    d2 = ((x - cent[0]) ** 2).sum(axis=1)
-    for _ in range(1, k):
-        tot = d2.sum()
-        i = rng.integers(n) if tot <= 0 else rng.choice(n, p=d2 / tot)
-        cent.append(x[i])
-        d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(axis=1))
-    c = np.stack(cent)
-    for _ in range(n_iter):
-        assign = _nearest(x, c)
-        new = c.copy()
-        for j in range(k):
-            members = x[assign == j]
-            if len(members):
-                new[j] = members.mean(axis=0)
-        if np.allclose(new, c):
-            break
-        c = new
-    return c
-
-
-def _nearest(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    d = (x ** 2).sum(axis=1)[:, None] - 2 * x @ c.T + (c ** 2).sum(axis=1)[None]
-    return d.argmin(axis=1)
-
-
-def ndb_k(gen_features, ref_features, k: int = 50, alpha: float = 0.05, seed: int = 0) -> dict:
-    """NDB/K. Returns {"ndb": bins different, "k": K, "ndb_k": ndb / K, "ref_share", "gen_share"}."""
-    g, r = _np(gen_features), _np(ref_features)
-    c = kmeans(r, k, seed=seed)
-    pr = np.bincount(_nearest(r, c), minlength=k) / len(r)
-    pg = np.bincount(_nearest(g, c), minlength=k) / len(g)
-    nr, ng = len(r), len(g)
-    pooled = (pr * nr + pg * ng) / (nr + ng)
-    se = np.sqrt(np.clip(pooled * (1 - pooled) * (1 / nr + 1 / ng), 1e-300, None))
-    z = np.abs(pr - pg) / se
-    ndb = int((z > norm.ppf(1 - alpha / 2)).sum())
-    return {"ndb": ndb, "k": k, "ndb_k": ndb / k, "ref_share": pr, "gen_share": pg}
 
 
 def evaluate_samples(classifier, gen_waves, ref_waves, gen_labels=None, ref_labels=None,

@@ -15,59 +15,14 @@ Input: a dense ``State`` with field ``mel`` of shape (B, 1, n_mels, frames), dif
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.layers import ResBlock, group_count, timestep_embedding
 from ...core.state import State
 
 __all__ = ["MelUNet", "MelUNet1d", "build_unet", "build_unet1d", "timestep_embedding"]
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
-    """Sinusoidal embedding of ``scale * t`` (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half, 1))
-    args = (scale * t.float().reshape(-1, 1)) * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-def _groups(ch: int) -> int:
-    for g in (8, 4, 2, 1):
-        if ch % g == 0:
-            return g
-    return 1
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice with the embedding as scale/shift in between, plus a skip; ``dims``
-    = 2 convolves (mel x time), 1 convolves time with mel bands as channels."""
-
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, dims: int = 2):
-        super().__init__()
-        conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
-        self.dims = dims
-        self.norm1 = nn.GroupNorm(_groups(cin), cin)
-        self.conv1 = conv(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2 = nn.GroupNorm(_groups(cout), cout)
-        self.drop = nn.Dropout(dropout)
-        self.conv2 = conv(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[(...,) + (None,) * self.dims].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(self.drop(F.silu(h)))
-        return self.skip(x) + h
 
 
 class MelUNet(nn.Module):
@@ -115,7 +70,7 @@ class MelUNet(nn.Module):
             self.up.append(blocks)
             if i > 0:
                 self.upsample.append(conv(ch, ch, 3, padding=1))
-        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+        self.norm_out = nn.GroupNorm(group_count(ch), ch)
         self.conv_out = conv(ch, data_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)

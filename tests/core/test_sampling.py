@@ -149,3 +149,24 @@ def test_the_log_snr_grid_works_where_the_log_snr_is_infinite_at_t_1():
     g = grids.log_snr_uniform(RectifiedFlow(), 20)
     assert float(g[0]) == 1.0 and float(g[-1]) == 0.0 and g.numel() == 21
     assert bool((g[1:] < g[:-1]).all())
+
+
+def test_sdedit_starts_from_the_given_state_on_the_truncated_grid():
+    """``start = (given, t0)``: the sampler runs only the grid's part at or below t0 (fewer calls),
+    from the given state noised to t0; a tiny t0 hands back the given state almost unchanged, and
+    t0 = 1 costs what sampling from the prior costs."""
+    proc = VPCosine()
+    spec = _spec(proc, sampler="euler", steps=20, grid="uniform")
+    n = 16
+    ring = GaussianMixture.ring()
+    given = ring.state(torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    t0 = 0.3
+    out, den = _run(proc, spec, n=n, start=(given, t0))
+    below = int((spec.grid < t0).sum())  # the truncated grid: t0 then the grid's times below it
+    assert out.network_calls == below == den.calls < 20
+    tiny, _ = _run(proc, spec, n=n, start=(given, 1e-4))
+    assert torch.allclose(tiny.x0["x"], given["x"], atol=1e-2)
+    far = (out.x0["x"] - given["x"]).abs().mean()
+    assert far > (tiny.x0["x"] - given["x"]).abs().mean()
+    full, _ = _run(proc, spec, n=n, start=(given, 1.0))
+    assert full.network_calls == 20

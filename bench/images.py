@@ -1,0 +1,123 @@
+"""Images benchmarks: the recipe study on the built-in digits, network speed, and FID against
+network calls for each sampler. Each prints its table and appends it to bench/RESULTS.md.
+
+    python bench/images.py study-train vp_v --steps 3000 --out runs/images_study   # one arm, one thread
+    python bench/images.py study-report --out runs/images_study --samples 1000 --calls 5 10 20 50
+    python bench/images.py speed [--device cuda] [--seconds 5]                  # images/s, U-Net and DiT
+    python bench/images.py calls images --samples 1000 --calls 5 10 20 50       # FID per sampler and call budget
+
+The study's arms share the shipped digits network (domains/images/configs/digits.toml: U-Net 32
+channels, mults [1, 2, 2], attention at 4x4 and below), the batch (64), AdamW at 5e-4 with 200
+warm-up steps and no decay (so any checkpoint is the run of that budget), EMA 0.999 and seed 0, and
+train the same number of steps: with the same network and batch a step costs the same in every arm,
+so equal steps are equal compute (each arm's measured minutes are in the table too). Every arm is
+scored on the same seeds at the same network-call budgets, each with its own process's sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import common
+
+CONFIG = Path(__file__).resolve().parents[1] / "domains" / "images" / "configs" / "digits.toml"
+BASE = ["train.decay=none", "train.steps=1000000", "train.ckpt_every=500", "train.keep_last=0", "train.log_every=100",
+        "train.seed=0"]
+#: name -> (what it is, overrides over the digits config, the sampler that scores it)
+ARMS = {
+    "vp_v": ("VP cosine, v-prediction (DDPM-style)", ["process.name=vp_cosine", "objective.prediction=v"],
+             ["sample.sampler=dpmpp_2m", "sample.grid=karras"]),
+    "edm": ("EDM: Karras VE, x0 with EDM preconditioning, lognormal times, EDM weighting",
+            ["process.name=karras_ve", "objective.prediction=x0", "objective.edm_preconditioning=true"],
+            ["sample.sampler=dpmpp_2m", "sample.grid=karras"]),
+    "rf_velocity": ("rectified flow, velocity (flow matching)", ["process.name=rectified_flow",
+                                                                "objective.prediction=velocity"],
+                    ["sample.sampler=euler", "sample.grid=uniform"]),
+}
+
+
+def study_train(arm: str, steps: int, out: Path) -> None:
+    import torch
+
+    from sciffusion import api
+
+    if arm not in ARMS:
+        raise SystemExit(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    res = api.train("images", CONFIG, out / arm, overrides=BASE + ARMS[arm][1] + [f"train.steps={steps}"],
+                    progress=False)
+    print(f"{arm}: step {res.step} in {(time.perf_counter() - t0) / 60:.1f} min -> {res.checkpoint}", flush=True)
+
+
+def _minutes(run: Path) -> float:
+    lines = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+    return max(float(r.get("elapsed", 0.0)) for r in lines) / 60.0
+
+
+def fid_row(ckpt: Path, sampler: list[str], calls: int, samples: int, work: Path) -> dict:
+    """FID / precision / recall / accuracy of ``samples`` digits from ``ckpt`` at ``calls`` calls."""
+    from sciffusion import api
+
+    steps = calls if "heun" not in " ".join(sampler) else (calls + 1) // 2
+    over = sampler + [f"sample.steps={steps}"]
+    folder = work / f"{ckpt.parent.parent.name}-{'-'.join(o.split('=')[1] for o in sampler)}-{calls}-n{samples}"
+    t0 = time.perf_counter()
+    res = api.sample(str(ckpt), folder, n=samples, overrides=over, progress=False)
+    seconds = time.perf_counter() - t0
+    m = api.evaluate("images", [folder], checkpoint=ckpt)
+    return {"calls": res.network_calls, "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
+            "accuracy": m.get("accuracy", float("nan")), "seconds": seconds}
+
+
+def study_report(out: Path, samples: int, calls: list[int], argv: list[str]) -> None:
+    from sciffusion.core.checkpoint import latest_checkpoint
+
+    rows = []
+    for arm, (what, _, sampler) in ARMS.items():
+        run = out / arm
+        if not (run / "log.jsonl").is_file():
+            print(f"{arm}: not trained, left out", flush=True)
+            continue
+        ckpt = latest_checkpoint(run)
+        step = int(ckpt.name.split("-")[-1])
+        for c in calls:
+            r = fid_row(ckpt, sampler, c, samples, out / "samples")
+            rows.append([arm, str(step), f"{_minutes(run):.1f}", sampler[0].split("=")[1], str(r["calls"]),
+                         f"{r['fid']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{100 * r['accuracy']:.1f}"])
+            print(" | ".join(rows[-1]), flush=True)
+    text = common.table(["arm", "steps", "train min", "sampler", "calls", "FID", "precision", "recall", "accuracy %"],
+                        rows)
+    notes = "\n".join(f"- {arm}: {what}" for arm, (what, _, _) in ARMS.items())
+    header = common.run_header("bench/images.py", argv, "cpu", [f"samples per cell: {samples} (seeds 0..{samples - 1})",
+                                                                "FID etc. on the features of the digits classifier trained "
+                                                                "here, against the 1,617 training digits"])
+    print(text)
+    common.append_results("images recipe study at equal compute", "\n".join(header) + "\n\n" + text + "\n\n" + notes)
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("study-train")
+    t.add_argument("arm")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--out", type=Path, default=Path("runs/images_study"))
+    r = sub.add_parser("study-report")
+    r.add_argument("--out", type=Path, default=Path("runs/images_study"))
+    r.add_argument("--samples", type=int, default=1000)
+    r.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50])
+    a = ap.parse_args(argv)
+    common.import_package()
+    if a.cmd == "study-train":
+        study_train(a.arm, a.steps, a.out)
+    elif a.cmd == "study-report":
+        study_report(a.out, a.samples, a.calls, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,66 @@
+"""Network building blocks shared by the domains (a domain never imports another domain, so what two
+of them use lives here): the sinusoidal time embedding, the GroupNorm group count, and the
+time-conditioned residual block of the U-Nets.
+
+The parameter names of ``ResBlock`` (``norm1``, ``conv1``, ``emb``, ``norm2``, ``conv2``, ``skip``)
+are those of the shipped checkpoints; keep them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["timestep_embedding", "group_count", "ResBlock"]
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal embedding of ``scale * t`` (B,) -> (B, dim) float32: cosines then sines of
+    geometrically spaced frequencies from 1 to 1/10000 (an odd ``dim`` gets a zero last column)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / max(half, 1))
+    args = (scale * t.float().reshape(-1, 1)) * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def group_count(ch: int) -> int:
+    """The number of GroupNorm groups for ``ch`` channels: the largest of 8, 4, 2, 1 dividing it."""
+    for g in (8, 4, 2, 1):
+        if ch % g == 0:
+            return g
+    return 1
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice with the embedding as scale/shift in between, plus a skip; ``dims``
+    = 2 convolves 2-D feature maps (B, C, H, W), 1 convolves sequences (B, C, L). The second conv
+    starts at zero, so the block starts as its skip."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float = 0.0, dims: int = 2):
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"ResBlock: dims must be 1 or 2, got {dims}")
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+        self.dims = dims
+        self.norm1 = nn.GroupNorm(group_count(cin), cin)
+        self.conv1 = conv(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(group_count(cout), cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = conv(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = conv(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[(...,) + (None,) * self.dims].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h

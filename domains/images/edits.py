@@ -1,0 +1,168 @@
+"""Editing images through the core's constraints and conditioning.
+
+- Inpainting (``sample.inpaint`` + ``sample.mask`` or ``sample.mask_box``): the pixels outside the
+  mask are pinned to the original by ``core.guidance.Inpaint`` (replacement for every sampler; with
+  ``sample.sampler = "repaint"``, RePaint's resampling): noised to the current time at every step and
+  set exactly at the end, so they come out equal to the original's pixels.
+- SDEdit (``sample.sdedit`` + ``sample.strength`` = t0): the image noised to t0, then sampled on the
+  time grid's part below t0 (``Domain.start``).
+- Super-resolution (a model with ``model.sr_factor`` = 2 or 4, ``sample.lowres``): SR3's conditioning
+  (Saharia et al. 2021): the low-resolution image, upsampled bicubically to the model's size, is
+  concatenated to the network's input. Training pairs come from ``degrade`` (box downsampling by
+  the factor, then the same bicubic upsampling). An input of the model's full size is taken to be an
+  original: it is downsampled first and recorded, so ``evaluate`` scores PSNR and SSIM against it.
+
+Each of ``inpaint``, ``sdedit`` and ``lowres`` names an image file or a folder of them; seed k edits
+the folder's k-th image (sorted, cycling), so ``--seeds 0-99`` over a folder of 100 images edits
+each image once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...core.io import InputError
+
+__all__ = ["EDITS", "edit_kind", "input_files", "downsample", "upsample", "degrade", "hole_mask", "load_inputs",
+           "EditInputs"]
+
+EDITS = ("inpaint", "sdedit", "lowres")
+
+
+def edit_kind(sample: dict) -> str | None:
+    """Which edit a ``[sample]`` table asks for, or None."""
+    for k in EDITS:
+        if sample.get(k):
+            return k
+    return None
+
+
+def input_files(spec: str, key: str) -> list[Path]:
+    """The image files a ``sample.<key>`` value names: one file, or a folder's images (sorted)."""
+    from .data import IMAGE_EXTENSIONS
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(p.startswith(".") for p in f.relative_to(path).parts))
+        if not files:
+            raise InputError(f"{path}: sample.{key} names a folder without images ({', '.join(IMAGE_EXTENSIONS)})")
+        return files
+    raise InputError(f"{path}: sample.{key} names no such file or folder")
+
+
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Box downsampling by ``factor``: each low-resolution pixel is the mean of a factor x factor block."""
+    return F.avg_pool2d(x, factor)
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bicubic upsampling to ``size`` (clamped to [-1, 1]): SR3's conditioning image."""
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
+
+
+def degrade(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The conditioning of a training pair: ``upsample(downsample(x))`` at x's size."""
+    return upsample(downsample(x, factor), tuple(x.shape[-2:]))
+
+
+def hole_mask(sample: dict, size: tuple[int, int]) -> torch.Tensor:
+    """The pixels to regenerate, (H, W) bool: the mask image's nonzero pixels, or the mask box."""
+    from .data import read_image
+
+    H, W = size
+    if sample.get("mask_box"):
+        top, left, h, w = (int(v) for v in sample["mask_box"])
+        if h < 1 or w < 1 or top + h > H or left + w > W:
+            raise InputError(f"images: sample.mask_box = {[top, left, h, w]} does not fit in the model's {H} x {W} "
+                             "images (and needs height, width >= 1)")
+        hole = torch.zeros(H, W, dtype=torch.bool)
+        hole[top:top + h, left:left + w] = True
+        return hole
+    path = Path(str(sample["mask"])).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: sample.mask names no such file")
+    m = read_image(path)["image"]
+    if tuple(m.shape[1:]) != (H, W):
+        raise InputError(f"{path}: the mask is {m.shape[1]} x {m.shape[2]}, the model's images are {H} x {W}")
+    hole = torch.from_numpy(np.asarray(m).max(axis=0) > 0)
+    if not bool(hole.any()):
+        raise InputError(f"{path}: the mask has no nonzero pixel (nonzero = regenerate): nothing to inpaint")
+    return hole
+
+
+@dataclass
+class EditInputs:
+    """One batch's edit inputs: model-space images (B, C, H, W), the known-pixel mask (inpainting),
+    the upsampled low-resolution conditioning (super-resolution), and per seed what the sample's
+    metadata records (its source file, and the original to score it against)."""
+
+    images: torch.Tensor
+    known: torch.Tensor | None = None
+    lowres: torch.Tensor | None = None
+    records: dict[int, dict] = field(default_factory=dict)
+
+
+def _load(path: Path, data_config: dict, max_pixels: int, size: tuple[int, int]) -> torch.Tensor:
+    """One input image in model space (C, H, W), of the given size; errors name the file."""
+    from .data import read_image, to_channels
+    from .domain import to_model
+
+    img = read_image(path, max_pixels=max_pixels)["image"]
+    img = to_channels(np.asarray(img, dtype=np.float32), int(data_config["channels"]), path)
+    if tuple(img.shape[1:]) != tuple(size):
+        raise InputError(f"{path}: {img.shape[1]} x {img.shape[2]} pixels, expected {size[0]} x {size[1]}")
+    return to_model(torch.from_numpy(img), data_config)
+
+
+def load_inputs(sample: dict, seeds: Sequence[int], data_config: dict, max_pixels: int) -> EditInputs:
+    """The inputs of the edit a ``[sample]`` table asks for, one per seed (seed k: the k-th file)."""
+    kind = edit_kind(sample)
+    files = input_files(str(sample[kind]), kind)
+    H, W = int(data_config["height"]), int(data_config["width"])
+    picked = [files[int(s) % len(files)] for s in seeds]
+    if kind == "lowres":
+        return _lowres_inputs(picked, seeds, data_config, max_pixels)
+    images = torch.stack([_load(f, data_config, max_pixels, (H, W)) for f in picked])
+    records = {int(s): {"edit": kind, "source": str(f)} for s, f in zip(seeds, picked)}
+    if kind == "sdedit":
+        for r in records.values():
+            r["strength"] = float(sample["strength"])
+        return EditInputs(images, records=records)
+    known = ~hole_mask(sample, (H, W))
+    for r in records.values():
+        r["original"] = r["source"]
+    return EditInputs(images, known=known.expand(len(seeds), int(data_config["channels"]), H, W).clone(),
+                      records=records)
+
+
+def _lowres_inputs(picked: Sequence[Path], seeds: Sequence[int], data_config: dict, max_pixels: int) -> EditInputs:
+    """Super-resolution inputs: low-resolution images as they are, full-size ones downsampled first."""
+    from .data import read_image
+
+    f = int(data_config["sr_factor"])
+    H, W = int(data_config["height"]), int(data_config["width"])
+    low, records = [], {}
+    for s, path in zip(seeds, picked):
+        h, w = read_image(path, max_pixels=max_pixels)["image"].shape[1:]
+        rec = {"edit": f"super_resolution_x{f}", "source": str(path)}
+        if (h, w) == (H, W):
+            low.append(downsample(_load(path, data_config, max_pixels, (H, W))[None], f)[0])
+            rec["original"] = str(path)
+        elif (h, w) == (H // f, W // f):
+            low.append(_load(path, data_config, max_pixels, (H // f, W // f)))
+        else:
+            raise InputError(f"{path}: {h} x {w} pixels; this x{f} model upscales {H // f} x {W // f} images "
+                             f"(or takes {H} x {W} originals, downsampled first)")
+        records[int(s)] = rec
+    low_t = torch.stack(low)
+    return EditInputs(torch.zeros(len(seeds), int(data_config["channels"]), H, W),
+                      lowres=upsample(low_t, (H, W)), records=records)

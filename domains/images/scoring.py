@@ -1,0 +1,153 @@
+"""``ImagesDomain.metrics``: what ``sciffusion evaluate images`` reports.
+
+Always: ``n``, ``mean`` and ``std`` of the pixel values (in [0, 1]).
+Against held-out originals, for samples whose metadata names one (inpainting, and super-resolution
+of full-size originals): ``psnr`` and ``ssim`` (Wang et al. 2004) over the ``paired`` samples.
+Against the training data (the checkpoint's ``[data]`` table; scikit-learn's digits when no
+checkpoint is given), when the samples have its shape: ``fid``, ``precision``, ``recall``
+(Kynkaanniemi et al. 2019, k = 3) on the features of a classifier trained here on that data's
+training split (cached), and with a label classifier ``is`` and, for samples that carry their
+label, ``accuracy``. ``classifier`` is 1 when these were computed, else 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...core.io import InputError
+
+__all__ = ["score", "reference_set", "evaluation_classifier", "CLASSIFIER_STEPS"]
+
+CLASSIFIER_STEPS = 1500  # training steps of the evaluation classifier (digits: about 20 s on one thread)
+
+
+def _stack(objects: Sequence[dict]) -> torch.Tensor:
+    """The samples as one (N, C, H, W) tensor in [-1, 1]; all must have one shape."""
+    first = objects[0]["image"].shape
+    for o in objects:
+        if o["image"].shape != first:
+            raise InputError(f"{o.get('file', 'a sample')}: shape {tuple(o['image'].shape)}, the first sample's is "
+                             f"{tuple(first)}; evaluate images of one size at a time")
+    return torch.from_numpy(np.stack([np.asarray(o["image"], dtype=np.float32) for o in objects])) * 2.0 - 1.0
+
+
+def _paired(objects: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(samples, originals) in [-1, 1] for the samples whose metadata names an existing original."""
+    from .data import read_image
+
+    gen, ref = [], []
+    for o in objects:
+        orig = o.get("original")
+        if not orig:
+            continue
+        path = Path(orig)
+        if not path.is_absolute() and o.get("file"):
+            path = Path(o["file"]).parent / path if not path.exists() else path
+        if not path.is_file():
+            continue
+        img = read_image(path)["image"]
+        if img.shape != o["image"].shape:
+            raise InputError(f"{o.get('file', 'a sample')}: shape {tuple(o['image'].shape)}, its original {path} is "
+                             f"{tuple(img.shape)}")
+        gen.append(np.asarray(o["image"], dtype=np.float32))
+        ref.append(np.asarray(img, dtype=np.float32))
+    if not gen:
+        return None
+    return torch.from_numpy(np.stack(gen)) * 2 - 1, torch.from_numpy(np.stack(ref)) * 2 - 1
+
+
+def _data_table(data_config: dict) -> dict:
+    from .tables import ImagesData
+
+    return {**ImagesData.defaults(), **(data_config.get("data") or {})}
+
+
+def reference_set(data_config: dict) -> tuple[torch.Tensor, list[str | None], dict]:
+    """The training split the samples are compared with, in [-1, 1], its labels and its data table."""
+    from .dataset import load_examples
+    from .domain import to_model
+
+    table = _data_table(data_config)
+    examples = load_examples(table, "train")
+    x = torch.from_numpy(np.stack([e["image"] for e in examples]).astype(np.float32))
+    return to_model(x, data_config or {"range": [0.0, 1.0]}), [e.get("label") for e in examples], table
+
+
+def _fingerprint(table: dict) -> dict:
+    """What identifies a data table's images: the table, and for a folder every file's size and time."""
+    out = {k: v for k, v in table.items() if k != "skip_bad"}
+    if table.get("path"):
+        root = Path(table["path"]).expanduser()
+        out["files"] = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                        for f in sorted(root.rglob("*")) if f.is_file()]
+    return out
+
+
+def _cache_folder(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = os.environ.get("SCIFFUSION_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "sciffusion") / "images" / f"classifier-{digest}"
+
+
+def evaluation_classifier(ref: torch.Tensor, labels: Sequence[str | None], table: dict):
+    """The classifier of a training split (its labels when it has two or more, else the rotation
+    task), trained once and cached under $SCIFFUSION_CACHE (default ~/.cache/sciffusion)."""
+    from .classifier import load_classifier, train_classifier
+
+    names = sorted({lab for lab in labels if lab is not None})
+    folder = _cache_folder({"data": _fingerprint(table), "steps": CLASSIFIER_STEPS, "shape": list(ref.shape[1:]),
+                            "labels": names})
+    if (folder / "classifier.json").is_file():
+        try:
+            return load_classifier(folder)
+        except InputError:
+            pass  # a damaged cache entry is trained again
+    y = None
+    if len(names) > 1 and all(lab is not None for lab in labels):
+        index = {n: i for i, n in enumerate(names)}
+        y = torch.tensor([index[lab] for lab in labels], dtype=torch.long)
+    clf = train_classifier(ref, y, steps=CLASSIFIER_STEPS, seed=0, label_names=names if y is not None else None)
+    try:
+        clf.save(folder)
+    except OSError:
+        pass
+    return clf
+
+
+def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | None = None) -> dict:
+    """The metrics above (``reference``: objects to compare with instead of the training data)."""
+    from .metrics import evaluate_images, psnr, ssim
+
+    if not objects:
+        raise InputError("no images to evaluate")
+    gen = _stack(objects)
+    out: dict = {"n": len(objects), "mean": float((gen.mean() + 1) / 2), "std": float(gen.std() / 2),
+                 "classifier": 0.0}
+    pairs = _paired(objects)
+    if pairs is not None:
+        out.update(psnr=float(psnr(pairs[1], pairs[0])), ssim=float(ssim(pairs[1], pairs[0])), paired=len(pairs[0]))
+    if reference is not None:
+        ref, labels, table = _stack(reference), [r.get("label_name") for r in reference], {"reference": "given"}
+    else:
+        ref, labels, table = reference_set(data_config)
+    if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(objects) < 2:
+        return out
+    clf = evaluation_classifier(ref, labels, table)
+    names = list(clf.label_names or []) if clf.kind == "labels" else []
+    gen_labels = ref_labels = None
+    if names:
+        got = [o.get("label_name") for o in objects]
+        if all(g is not None and g in names for g in got):
+            gen_labels = torch.tensor([names.index(g) for g in got])
+        ref_labels = torch.tensor([names.index(lab) for lab in labels])
+    res = evaluate_images(clf, gen, ref, gen_labels=gen_labels, ref_labels=ref_labels)
+    out.update({k: float(v) for k, v in res.items() if k != "n"})
+    out["classifier"] = 1.0
+    return out
