@@ -5,6 +5,7 @@ network calls for each sampler. Each prints its table and appends it to bench/RE
     python bench/images.py study-report --out runs/images_study --samples 1000 --calls 5 10 20 50
     python bench/images.py speed [--device cuda] [--seconds 5]                  # images/s, U-Net and DiT
     python bench/images.py calls images --samples 1000 --calls 5 10 20 50       # FID per sampler and call budget
+                                                                                 # (heun: n steps are 2n - 1 calls)
 
 The study's arms share the shipped digits network (domains/images/configs/digits.toml: U-Net 32
 channels, mults [1, 2, 2], attention at 4x4 and below), the batch (64), AdamW at 5e-4 with 200
@@ -59,12 +60,31 @@ def _minutes(run: Path) -> float:
     return max(float(r.get("elapsed", 0.0)) for r in lines) / 60.0
 
 
+def steps_for(ckpt: Path, sampler: list[str], calls: int) -> int:
+    """The most steps of ``sampler`` whose counted network calls stay within ``calls`` (counted by
+    the sampling path on a stand-in network of no cost, with the model's process)."""
+    from sciffusion.core.checkpoint import load_checkpoint
+    from sciffusion.core.domain import resolve_config
+    from sciffusion.core.process import process_from_config
+    from sciffusion.core.sampling import SampleSpec
+    from sciffusion.domains.images import ImagesDomain
+
+    dom, c = ImagesDomain(), load_checkpoint(ckpt)
+    best = 1
+    for steps in range(1, calls + 1):
+        cfg = resolve_config(dom, base=c.config, overrides=sampler + [f"sample.steps={steps}", "sample.guidance=0"])
+        proc = process_from_config(cfg["process"])
+        if common.counted_calls(dom, proc, [0], cfg, c.data_config, SampleSpec.from_config(cfg["sample"], proc)) > calls:
+            break
+        best = steps
+    return best
+
+
 def fid_row(ckpt: Path, sampler: list[str], calls: int, samples: int, work: Path) -> dict:
     """FID / precision / recall / accuracy of ``samples`` digits from ``ckpt`` at ``calls`` calls."""
     from sciffusion import api
 
-    steps = calls if "heun" not in " ".join(sampler) else (calls + 1) // 2
-    over = sampler + [f"sample.steps={steps}"]
+    over = sampler + [f"sample.steps={steps_for(ckpt, sampler, calls)}"]
     folder = work / f"{ckpt.parent.parent.name}-{'-'.join(o.split('=')[1] for o in sampler)}-{calls}-n{samples}"
     t0 = time.perf_counter()
     res = api.sample(str(ckpt), folder, n=samples, overrides=over, progress=False)
@@ -100,6 +120,76 @@ def study_report(out: Path, samples: int, calls: list[int], argv: list[str]) -> 
     common.append_results("images recipe study at equal compute", "\n".join(header) + "\n\n" + text + "\n\n" + notes)
 
 
+#: the networks and image sizes the speed part times: (name, overrides, data overrides)
+SPEED_CASES = [
+    ("unet digits 1x8x8", ["model.network=unet"], []),
+    ("dit digits 1x8x8", ["model.network=dit", "model.hidden=96", "model.depth=4", "model.patch=2"], []),
+    ("unet 1x32x32 (cell patches)", ["model.network=unet", "model.channels=32", "model.attention_res=8"],
+     ["data.builtin=cell", "data.patch=32", "data.patches_per_image=256", "data.labels=false"]),
+    ("dit 1x32x32 (cell patches)", ["model.network=dit", "model.hidden=96", "model.depth=4", "model.patch=4"],
+     ["data.builtin=cell", "data.patch=32", "data.patches_per_image=256", "data.labels=false"]),
+]
+
+
+def speed(device, seconds: float, batch: int, argv: list[str]) -> None:
+    """Training images/s (AdamW steps on pre-collated batches) and sampling images/s (the one
+    sampling path, 20 Euler calls, decoding included) for each network and size."""
+
+    from sciffusion.core.domain import resolve_config
+    from sciffusion.core.sampling import SampleSpec
+    from sciffusion.domains.images import ImagesDomain
+
+    dom = ImagesDomain()
+    rows = []
+    for name, model, data in SPEED_CASES:
+        cfg = resolve_config(dom, CONFIG, model + data)
+        train = dom.load_dataset(cfg["data"], "train")
+        dc = dom.data_config(train, cfg)
+        den = dom.build_denoiser(cfg, dc).to(device)
+        params = sum(p.numel() for p in den.network.parameters())
+        batches = [dom.collate(train[i * batch:(i + 1) * batch], dc).to(device) for i in range(4)]
+        per_step = common.time_training_steps(den, dom.build_objective(cfg), lambda i: batches[i % 4], 5, device)
+        steps = max(3, int(seconds / max(per_step, 1e-3)))
+        per_step = common.time_training_steps(den, dom.build_objective(cfg), lambda i: batches[i % 4], steps, device)
+        den.eval()
+        spec = SampleSpec.from_config(cfg["sample"], den.process)
+        n = max(batch, 256 if device.type == "cuda" else batch)
+        wall, calls = common.timed_generation(dom, den, list(range(n)), cfg, dc, spec, device, n, decode=True)
+        rows.append([name, f"{params:,}", str(batch), f"{batch / per_step:,.0f}", str(calls), str(n), f"{n / wall:,.0f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    text = common.table(["network, size", "parameters", "train batch", "train images/s", "calls", "sample batch",
+                         "sampled images/s"], rows)
+    print(text)
+    common.append_results("images speed (bench/images.py speed)",
+                          "\n".join(common.run_header("images.py", argv, device)) + "\n\n" + text)
+
+
+#: the samplers of the calls part: name -> (overrides, calls per step)
+SAMPLERS = {"euler": (["sample.sampler=euler"], 1), "heun": (["sample.sampler=heun"], 2),
+            "dpmpp_2m": (["sample.sampler=dpmpp_2m"], 1), "ddim": (["sample.sampler=ddim"], 1)}
+
+
+def calls_table(model: str, samples: int, calls: list[int], out: Path, argv: list[str]) -> None:
+    """FID / precision / recall / accuracy of ``model`` for each sampler at each call budget."""
+    from sciffusion.core.checkpoint import load_checkpoint, resolve
+    from sciffusion.core.registry import available, get_domain
+
+    names = {d.name for d in available()}
+    ckpt = load_checkpoint(get_domain(model).default_checkpoint() if model in names else resolve(model))
+    rows = []
+    for name, (over, _) in SAMPLERS.items():
+        for c in calls:
+            r = fid_row(Path(ckpt.path), over + ["sample.grid=uniform"], c, samples, out)
+            rows.append([name, str(r["calls"]), f"{r['fid']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                         f"{100 * r['accuracy']:.1f}", f"{samples / r['seconds']:.0f}"])
+            print(" | ".join(rows[-1]), flush=True)
+    text = common.table(["sampler", "calls", "FID", "precision", "recall", "accuracy %", "images/s"], rows)
+    head = common.run_header("images.py", argv, "cpu", [f"model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]})",
+                                                        f"samples per cell: {samples}, uniform time grid"])
+    print(text)
+    common.append_results("images FID against network calls (bench/images.py calls)", "\n".join(head) + "\n\n" + text)
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -111,12 +201,27 @@ def main(argv: list[str]) -> None:
     r.add_argument("--out", type=Path, default=Path("runs/images_study"))
     r.add_argument("--samples", type=int, default=1000)
     r.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50])
+    sp = sub.add_parser("speed")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--seconds", type=float, default=5.0, help="timed training seconds per case")
+    sp.add_argument("--batch", type=int, default=64)
+    cl = sub.add_parser("calls")
+    cl.add_argument("model", help="a checkpoint or a domain name (images: the shipped digits model)")
+    cl.add_argument("--samples", type=int, default=1000)
+    cl.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50])
+    cl.add_argument("--out", type=Path, default=Path("runs/images_calls"))
     a = ap.parse_args(argv)
     common.import_package()
     if a.cmd == "study-train":
         study_train(a.arm, a.steps, a.out)
     elif a.cmd == "study-report":
         study_report(a.out, a.samples, a.calls, argv)
+    elif a.cmd == "speed":
+        import torch
+
+        speed(torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu")), a.seconds, a.batch, argv)
+    elif a.cmd == "calls":
+        calls_table(a.model, a.samples, a.calls, a.out, argv)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ import math
 
 import torch
 
-from sciffusion.core.features import (accuracy, am_score, fid, frechet_distance, gaussian_stats, inception_score,
+from ...core.features import (accuracy, am_score, fid, frechet_distance, gaussian_stats, inception_score,
                                       kmeans, modified_inception_score, ndb_k, per_class_fid)
-from sciffusion.core.features import per_class_fid_defined as _per_class_fid_defined
+from ...core.features import per_class_fid_defined as _per_class_fid_defined
 
 from .mel import DEFAULT_MEL, MelConfig, mel_filterbank, stft_magnitude
 

@@ -39,7 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from sciffusion.core.io import InputError, atomic_path, atomic_write_json
+from ...core.io import InputError, atomic_path, atomic_write_json
+from ...core.layers import group_count
 
 __all__ = ["ImageCNN", "ImageClassifier", "train_classifier", "load_classifier", "KINDS",
            "ROTATION_NAMES_SQUARE", "ROTATION_NAMES_RECT"]
@@ -50,14 +51,6 @@ WEIGHTS_FILE = "classifier.safetensors"
 META_FILE = "classifier.json"
 ROTATION_NAMES_SQUARE = ["rot0", "rot90", "rot180", "rot270"]
 ROTATION_NAMES_RECT = ["identity", "rot180", "hflip", "vflip"]
-
-
-def _groups(channels: int) -> int:
-    """The largest of 8, 4, 2, 1 that divides ``channels`` (GroupNorm groups)."""
-    for g in (8, 4, 2, 1):
-        if channels % g == 0:
-            return g
-    return 1
 
 
 class ImageCNN(nn.Module):
@@ -71,7 +64,7 @@ class ImageCNN(nn.Module):
             raise ValueError(f"bad ImageCNN arch: in_channels={in_channels}, n_classes={n_classes}, widths={widths}")
         layers, c = [], in_channels
         for i, w in enumerate(widths):
-            layers += [nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(_groups(w), w), nn.SiLU()]
+            layers += [nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(group_count(w), w), nn.SiLU()]
             c = w
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(c, n_classes)

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sciffusion.core.io import InputError
+from ...core.io import InputError
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "SKIMAGE_IMAGES", "ImageFolder", "read_image", "read_images",
            "list_image_files", "to_channels", "resize_image", "crop", "load_image_folder", "patches",

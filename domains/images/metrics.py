@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sciffusion.core.features import (accuracy, as_float64, fid, inception_score, per_class_fid,
+from ...core.features import (accuracy, as_float64, fid, inception_score, per_class_fid,
                                       per_class_fid_defined)
 
 __all__ = ["psnr", "ssim", "precision_recall", "evaluate_images"]

@@ -25,7 +25,7 @@ from ...core.io import InputError
 
 __all__ = ["score", "reference_set", "evaluation_classifier", "CLASSIFIER_STEPS"]
 
-CLASSIFIER_STEPS = 1500  # training steps of the evaluation classifier (digits: about 20 s on one thread)
+CLASSIFIER_STEPS = 1000  # training steps of the evaluation classifier (digits: about 7 s on one thread)
 
 
 def _stack(objects: Sequence[dict]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from sciffusion import api
 from sciffusion.cli.main import app
 from sciffusion.core.checkpoint import latest_checkpoint, load_checkpoint
 from sciffusion.core.checks import seed_independence
-from sciffusion.core.domain import denoiser_from_checkpoint, resolve_config
+from sciffusion.core.domain import resolve_config
 from sciffusion.core.io import InputError
 from sciffusion.domains.images import ImagesDomain
 from sciffusion.domains.images.data import load_digits
