@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,14 +243,19 @@ class _Generator:
 
 def _run_picture(domain: Domain, out: Path, data_config: dict) -> str | None:
     """The domain's picture of the run (``Domain.run_picture``) from the manifest's first samples;
-    its file name, or None when the domain draws none."""
+    its file name, or None when the domain draws none (or drawing it failed: a warning, not an error)."""
     files = []
     with open(out / MANIFEST, encoding="utf-8") as f:
         for line in f:
             if len(files) >= RUN_PICTURE_SAMPLES:
                 break
             files.append(out / json.loads(line)["file"])
-    path = domain.run_picture(files, out / RUN_PICTURE, data_config) if files else None
+    try:
+        path = domain.run_picture(files, out / RUN_PICTURE, data_config) if files else None
+    except Exception as e:  # noqa: BLE001 - the samples are complete; a picture of them must not undo that
+        warnings.warn(f"{out / RUN_PICTURE}: the domain's run picture failed ({type(e).__name__}: {e}); the samples "
+                      "and the manifest are complete", stacklevel=2)
+        return None
     return None if path is None else Path(path).name
 
 

@@ -20,6 +20,12 @@ class InputError(ValueError):
     """Bad input from a user's file: the message names the file and the problem (CLI exit code 1)."""
 
 
+def cache_dir(*parts: str) -> Path:
+    """sciffusion's cache folder ``$SCIFFUSION_CACHE/<parts>`` (default ``~/.cache/sciffusion``), not created."""
+    root = os.environ.get("SCIFFUSION_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "sciffusion").joinpath(*parts)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -16,7 +16,6 @@ import collections
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ...core.domain import Batch, Domain
-from ...core.io import InputError
+from ...core.io import InputError, cache_dir
 from ...core.state import State
 from .data import (FSDD_PATTERN, clips_data_config, fsdd_root, label_of, load_audio_file, load_examples,
                    load_fsdd)
@@ -330,8 +329,7 @@ class AudioDomain(Domain):
             return None
         key = json.dumps({"mel": mel_cfg.to_dict(), "clip": clip_samples, "steps": CLASSIFIER_STEPS}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        root = os.environ.get("SCIFFUSION_CACHE")
-        folder = (Path(root).expanduser() if root else Path.home() / ".cache" / "sciffusion") / "audio" / f"classifier-{digest}"
+        folder = cache_dir("audio", f"classifier-{digest}")
         if (folder / "classifier.json").is_file():
             return load_classifier(folder, expect_mel=mel_cfg)
         clf = train_classifier(load_fsdd("train", length=clip_samples), cfg=mel_cfg, steps=CLASSIFIER_STEPS, seed=0)

@@ -18,15 +18,25 @@ header), so a decompression bomb is refused without touching its data. Decisions
   0..65535, and refused otherwise. "CMYK" and "YCbCr" become RGB by Pillow's own conversion (no
   colour management); "P" maps through its palette to RGB, or RGBA when it has transparency.
 - Alpha: ``alpha="drop"`` drops it, ``alpha="composite"`` composites onto white (1.0).
-- Arrays: (H, W) is one channel; (C, H, W) with C <= 64 is channels-first; otherwise (H, W, C)
-  with C in 1, 3, 4 is channels-last (4 channels of an array are 4 channels, not alpha). A 4-D
-  array is a stack of N such images. Object dtypes are refused (never unpickled).
+- Arrays: (H, W) is one channel. A 3-D array whose last dimension is 1, 3 or 4 and whose first is
+  not is (H, W, C), channels-last; one whose first dimension is 1, 3 or 4 and whose last is not is
+  (C, H, W), channels-first; when both are 1, 3 or 4 (e.g. (3, 8, 3), (4, 4, 4)) the layout is
+  ambiguous and refused; when neither is, (C, H, W) with C <= 64. So (32, 32, 3) is an RGB image,
+  (3, 32, 32) too. 4 channels of an array are 4 channels, not alpha. A 4-D array is a stack of N
+  such images (the rule applied to the shape of one image: (N, 28, 28, 1) is channels-last).
+  Object dtypes are refused (never unpickled).
 - NPZ: every member is an image (or a stack); its examples are named ``<file>[member]``
   (``<file>[member][i]`` inside a stack, ``<file>[i]`` inside an NPY stack).
+- Random crops (``load_image_folder(random_crop=True)``) are seeded per file by ``seed_of(seed,
+  <path inside the folder>)`` and the example's index in the file, so adding, removing or renaming
+  one file leaves the crops of every other file as they were. ``seed_of`` is stable across runs,
+  processes and machines (SHA-256, not Python's salted ``hash``); callers of ``patches`` /
+  ``patch_split`` pass ``seed_of(seed, example["file"])`` (or another stable name) for the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import struct
@@ -42,13 +52,14 @@ from PIL import Image
 from ...core.io import InputError
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "SKIMAGE_IMAGES", "ImageFolder", "read_image", "read_images",
-           "list_image_files", "to_channels", "resize_image", "crop", "load_image_folder", "patches",
+           "list_image_files", "seed_of", "to_channels", "resize_image", "crop", "load_image_folder", "patches",
            "split_examples", "patch_split", "load_digits", "load_skimage", "load_lfw_subset"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz")
 ARRAY_EXTENSIONS = (".npy", ".npz")
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_CHANNELS_FIRST = 64  # a 3-D array whose first dimension is at most this is (C, H, W)
+CHANNELS_LAST = (1, 3, 4)  # channel counts that mark a dimension of a 3-D array as the channel axis
 ALPHA_MODES = ("drop", "composite")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma weights of R, G, B
 
@@ -322,16 +333,29 @@ def _check_array_header(name, shape: tuple, dtype: np.dtype, data_bytes: int, ma
                          f"{data_bytes} are present")
 
 
+def _channels_last(name, shape: tuple, what: str = "array") -> bool:
+    """Whether a 3-D image shape is (H, W, C) (True) or (C, H, W) (False), by the rule of the module
+    docstring; an ambiguous or unknown layout is an InputError naming ``name``."""
+    first, last = shape[0] in CHANNELS_LAST, shape[2] in CHANNELS_LAST
+    if last and not first:
+        return True
+    if first and not last:
+        return False
+    if first and last:
+        raise InputError(f"{name}: {what} of shape {shape} has an ambiguous layout: it reads as (C, H, W) with "
+                         f"C = {shape[0]} or as (H, W, C) with C = {shape[2]}; save it as (C, H, W) with H, W > 4, "
+                         "or as (H, W, C) with H, W > 4")
+    if shape[0] <= MAX_CHANNELS_FIRST:
+        return False
+    raise InputError(f"{name}: {what} of shape {shape} is neither (C, H, W) with C <= {MAX_CHANNELS_FIRST} "
+                     "nor (H, W, C) with C in 1, 3, 4")
+
+
 def _chw(name, a: np.ndarray) -> np.ndarray:
     """A 2-D or 3-D array as (C, H, W) by the rule of the module docstring."""
     if a.ndim == 2:
         return a[None]
-    if a.shape[0] <= MAX_CHANNELS_FIRST:
-        return a
-    if a.shape[2] in (1, 3, 4):
-        return np.moveaxis(a, -1, 0)
-    raise InputError(f"{name}: array of shape {a.shape} is neither (C, H, W) with C <= {MAX_CHANNELS_FIRST} "
-                     "nor (H, W, C) with C in 1, 3, 4")
+    return np.moveaxis(a, -1, 0) if _channels_last(name, a.shape) else a
 
 
 def _array_examples(name: str, a: np.ndarray) -> list[dict]:
@@ -339,7 +363,9 @@ def _array_examples(name: str, a: np.ndarray) -> list[dict]:
         a = np.asarray(a).astype(np.float32)
     _finite(name, a)
     if a.ndim == 4:
-        return [_example(_chw(f"{name}[{i}]", x), f"{name}[{i}]", 0) for i, x in enumerate(a)]
+        if _channels_last(name, a.shape[1:], "stack of images, each"):  # one decision for the whole stack
+            a = np.moveaxis(a, -1, 1)
+        return [_example(x, f"{name}[{i}]", 0) for i, x in enumerate(a)]
     return [_example(_chw(name, a), name, 0)]
 
 
@@ -468,6 +494,16 @@ def crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> 
     return image[:, top:top + h, left:left + w].copy()
 
 
+def seed_of(seed: int, name: str) -> int:
+    """A 64-bit seed from ``seed`` and a name (a file's path inside its folder, an example's file):
+    the first 8 bytes of SHA-256 of both, so it is the same in every run, process and machine
+    (unlike ``hash``), and differs between names. Give it to ``np.random.default_rng`` (with an
+    index: ``default_rng([seed_of(seed, name), j])``), ``patches`` or ``patch_split`` so that the
+    crops of one file do not depend on which other files are present."""
+    digest = hashlib.sha256(f"{int(seed)}\0{name}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def _size(size) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -528,9 +564,9 @@ def _hw(e: dict) -> str:
     return f"{e['image'].shape[1]} x {e['image'].shape[2]}"
 
 
-def _check_consistent(root: Path, examples: list[dict], channels: int, size) -> None:
+def _check_consistent(root: Path, examples: list[dict], channels: int, size, any_size: bool = False) -> None:
     """Errors for a set that mixes raw arrays with raster images, channel counts (channels=0) or
-    sizes (no data.size)."""
+    sizes (no data.size, unless ``any_size``)."""
     raw = [e for e in examples if e["bit_depth"] == 0]
     if raw and len(raw) < len(examples):
         raster = next(e for e in examples if e["bit_depth"] != 0)
@@ -544,7 +580,7 @@ def _check_consistent(root: Path, examples: list[dict], channels: int, size) -> 
             f2 = next(e["file"] for e in examples if e["image"].shape[0] == c2)
             raise InputError(f"{root}: mixed channel counts: {f1} has {c1} channel(s), {f2} has {c2}; "
                              "set data.channels = 1 or 3 to convert them all")
-    if size is None:
+    if size is None and not any_size:
         sizes = Counter(e["image"].shape[1:] for e in examples).most_common()
         if len(sizes) > 1:
             major = sizes[0][0]
@@ -557,13 +593,16 @@ def _check_consistent(root: Path, examples: list[dict], channels: int, size) -> 
 
 def load_image_folder(path: str | Path, *, labels: bool = True, size=None, resize: bool = False,
                       random_crop: bool = False, channels: int = 0, alpha: str = "drop", skip_bad: bool = False,
-                      max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0) -> ImageFolder:
+                      max_pixels: int = DEFAULT_MAX_PIXELS, seed: int = 0, any_size: bool = False) -> ImageFolder:
     """Every image under a folder (recursively, sorted), labelled by first sub-folder.
 
     ``channels``: 0 = all must agree, else convert (``to_channels``). ``size`` = (H, W) or an int:
     with ``resize`` every image is resized to it, with ``random_crop`` a random window of it is cut
-    (seeded by ``seed``, the file's index and the example's index in the file), with neither an
-    image of another size is a bad file; ``size=None``: all must agree. ``skip_bad`` skips files
+    (seeded by ``seed_of(seed, <the file's path inside the folder>)`` and the example's index in
+    the file, so other files coming or going leave it unchanged), with neither an image of another
+    size is a bad file; ``size=None``: all must agree, unless ``any_size`` (for patch datasets,
+    whose images are cropped later: sizes may differ, channel counts and raw vs raster still must
+    agree). ``skip_bad`` skips files
     that raise InputError (per-file problems) and lists their error lines in ``skipped``; a set
     that disagrees (mixed channels, sizes, raw and raster) is an error either way."""
     root = Path(path)
@@ -581,7 +620,8 @@ def load_image_folder(path: str | Path, *, labels: bool = True, size=None, resiz
         raise InputError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     file_labels = _folder_labels(root, files, labels)
     examples, skipped = [], []
-    for i, (p, label) in enumerate(zip(files, file_labels)):
+    for p, label in zip(files, file_labels):
+        rel = p.relative_to(root).as_posix()
         try:
             got = []
             for j, e in enumerate(read_images(p, max_pixels=max_pixels, alpha=alpha)):
@@ -593,7 +633,7 @@ def load_image_folder(path: str | Path, *, labels: bool = True, size=None, resiz
                         if img.shape[1] < hw[0] or img.shape[2] < hw[1]:
                             raise InputError(f"{e['file']}: is {img.shape[1]} x {img.shape[2]} (height x width), "
                                              f"smaller than data.size = {hw[0]} x {hw[1]} for a random crop")
-                        img = crop(img, hw, np.random.default_rng([int(seed), i, j]))
+                        img = crop(img, hw, np.random.default_rng([seed_of(seed, rel), j]))
                     else:
                         raise InputError(f"{e['file']}: is {img.shape[1]} x {img.shape[2]} (height x width), not "
                                          f"data.size = {hw[0]} x {hw[1]}; set data.resize = true or "
@@ -607,7 +647,7 @@ def load_image_folder(path: str | Path, *, labels: bool = True, size=None, resiz
         examples.extend(got)
     if not examples:
         raise InputError(f"{root}: no usable image files ({len(skipped)} bad files skipped)")
-    _check_consistent(root, examples, int(channels), hw)
+    _check_consistent(root, examples, int(channels), hw, any_size)
     names = sorted({e["label"] for e in examples if e["label"] is not None})
     return ImageFolder(examples, names, skipped)
 
@@ -630,7 +670,8 @@ def _crops(img: np.ndarray, name: str, size: int, per_image: int, rng: np.random
 
 def patches(images, size: int, per_image: int, seed: int) -> list[np.ndarray]:
     """``per_image`` random ``size`` x ``size`` crops of each (C, H, W) array (or example), in
-    order, reproducible from ``seed`` (image i draws from its own generator (seed, i))."""
+    order, reproducible from ``seed`` (image i draws from its own generator (seed, i)). For crops
+    that follow the file rather than its position, call it per image with ``seed_of(seed, file)``."""
     out = []
     for i, item in enumerate(images):
         img, name = _image_and_name(item, i)
@@ -660,7 +701,9 @@ def split_examples(examples: list, split: str, every: int = 10) -> list:
 def patch_split(image, split: str, size: int, per_image: int, seed: int, every: int = 10) -> list[np.ndarray]:
     """Crops of one large (C, H, W) image with held-out pixels: "test" crops lie wholly in the bottom
     band of max(size, ceil(H / every)) rows, "train" crops wholly in the rows above it, so no test
-    pixel is ever in a training crop. ``every <= 1``: train crops from the whole image, test empty."""
+    pixel is ever in a training crop. ``every <= 1``: train crops from the whole image, test empty.
+    Pass ``seed=seed_of(data_seed, example["file"])`` so one image's crops do not depend on its
+    position among the others."""
     part = _part(split)
     img, name = _image_and_name(image, 0)
     H = img.shape[1]

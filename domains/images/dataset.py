@@ -3,6 +3,7 @@ patches (``data.patch``), with the held-out split the table says (see ``data`` f
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ...core.io import InputError
@@ -20,8 +21,8 @@ def _whole_or_patches(examples: list[dict], data_cfg: dict, split: str) -> list[
     if not size:
         return D.split_examples(examples, split, every)
     out = []
-    for i, e in enumerate(examples):
-        seed = int(data_cfg["seed"]) * 1_000_003 + i
+    for e in examples:
+        seed = D.seed_of(int(data_cfg["seed"]), str(e["file"]))  # a file's patches do not move when others come
         for j, crop in enumerate(D.patch_split(e["image"], split, size, int(data_cfg["patches_per_image"]), seed,
                                                every)):
             out.append(dict(e, image=crop, file=f"{e['file']}#patch{j}"))
@@ -40,7 +41,10 @@ def load_examples(data_cfg: dict, split: str) -> list[dict]:
                                      resize=bool(data_cfg["resize"]), random_crop=bool(data_cfg["random_crop"]),
                                      channels=int(data_cfg["channels"]), alpha=str(data_cfg["alpha"]),
                                      skip_bad=bool(data_cfg["skip_bad"]), max_pixels=int(data_cfg["max_pixels"]),
-                                     seed=int(data_cfg["seed"]))
+                                     seed=int(data_cfg["seed"]), any_size=bool(int(data_cfg["patch"])))
+        if folder.skipped:
+            warnings.warn(f"images: skipped {len(folder.skipped)} bad file(s) under {path} (data.skip_bad); the first: "
+                          f"{folder.skipped[0]}", stacklevel=2)
         return _whole_or_patches(folder.examples, data_cfg, split)
     name = str(data_cfg["builtin"])
     if name == "digits":

@@ -18,6 +18,7 @@ of full-size originals), so ``evaluate`` scores PSNR and SSIM against it.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +55,7 @@ class ImagesDomain(Domain):
 
     def __init__(self):
         self._edits: dict[int, dict] = {}  # seed -> what its edit read (source, original), for write
+        self._batch: "tuple[tuple[int, ...], edits.EditInputs] | None" = None  # the last batch's edit inputs
 
     def tables(self) -> dict:
         return {"model": ImagesModel, "data": ImagesData, "sample": ImagesSample}
@@ -162,33 +164,46 @@ class ImagesDomain(Domain):
         return int(data_config["channels"]), int(data_config["height"]), int(data_config["width"])
 
     def check_sample(self, cfg: dict, data_config: dict) -> None:
-        """The edit's inputs exist and fit the model (every file of a folder), and a super-resolution
-        model has its low-resolution input."""
+        """The edit's inputs exist and fit the model (every file of a folder, read one at a time), and
+        a super-resolution model has its low-resolution input."""
         s = cfg["sample"]
         sr = int(data_config.get("sr_factor", 0))
         if sr and not s.get("lowres"):
             raise InputError(f"images: this is a x{sr} super-resolution model: set sample.lowres to the "
                              "low-resolution image(s) to upscale")
         if edits.edit_kind(s):
-            files = edits.input_files(str(s[edits.edit_kind(s)]), edits.edit_kind(s))
-            edits.load_inputs(s, range(len(files)), data_config, int(cfg["data"].get("max_pixels", 50_000_000)))
+            edits.check_inputs(s, data_config, cfg["data"])
+        names = data_config.get("label_names") or []
+        if (edits.edit_kind(s) and names and float(s.get("guidance", 0)) > 0
+                and str(s.get("label", -1)) in ("-1", "") and float(cfg["objective"]["condition_dropout"]) > 0):
+            warnings.warn("images: an edit without sample.label uses the null label, so guidance changes nothing "
+                          "(and doubles the network calls); give sample.label to guide towards a class", stacklevel=2)
+
+    def _inputs(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> "edits.EditInputs":
+        """The edit inputs of these seeds (template, constraint and start of one batch share one read)."""
+        key = tuple(int(v) for v in seeds)
+        if self._batch is None or self._batch[0] != key:
+            got = edits.load_inputs(cfg["sample"], seeds, data_config, cfg["data"])
+            self._edits.update(got.records)
+            self._batch = (key, got)
+        return self._batch[1]
 
     def template(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> Batch:
         C, H, W = self._shape(data_config)
         n = len(seeds)
         s = cfg["sample"]
         sr = int(data_config.get("sr_factor", 0))
-        kind = edits.edit_kind(s)
-        if kind:
-            got = edits.load_inputs(s, seeds, data_config, int(cfg["data"].get("max_pixels", 50_000_000)))
-            self._edits.update(got.records)
-            self._batch_inputs = got
+        if sr and not s.get("lowres"):
+            raise InputError(f"images: this is a x{sr} super-resolution model: set sample.lowres to the "
+                             "low-resolution image(s) to upscale")
         cond = {}
         names = data_config.get("label_names") or []
         if names:
             cond["label"] = torch.tensor(self.sample_labels(seeds, cfg, data_config), dtype=torch.long)
-        if sr:
-            cond["lowres"] = self._batch_inputs.lowres
+        if edits.edit_kind(s):
+            got = self._inputs(seeds, cfg, data_config)
+            if sr:
+                cond["lowres"] = got.lowres
         x0 = State.dense(**{FIELD: torch.zeros(n, C, H, W)})
         return Batch(x0, cond or None)
 
@@ -196,14 +211,14 @@ class ImagesDomain(Domain):
         """Inpainting: every pixel outside the mask is pinned to the original (exactly, at the end)."""
         if edits.edit_kind(cfg["sample"]) != "inpaint":
             return None
-        got = self._batch_inputs
+        got = self._inputs(seeds, cfg, data_config)
         return State.dense(**{FIELD: got.images}), {FIELD: got.known}
 
     def start(self, batch: Batch, seeds: Sequence[int], cfg: dict, data_config: dict):
         """SDEdit: the given images, started at t0 = ``sample.strength``."""
         if edits.edit_kind(cfg["sample"]) != "sdedit":
             return None
-        return State.dense(**{FIELD: self._batch_inputs.images}), float(cfg["sample"]["strength"])
+        return State.dense(**{FIELD: self._inputs(seeds, cfg, data_config).images}), float(cfg["sample"]["strength"])
 
     def decode(self, x0: State, cond: Any, data_config: dict) -> list[dict]:
         x = x0[FIELD].detach().float().cpu().clamp(-1.0, 1.0)
@@ -269,6 +284,7 @@ class ImagesDomain(Domain):
             image = _array_in_unit_range(path.parent / str(meta["array"]), meta.get("range"))
         obj = {"image": image, "label_name": meta.get("label"), "seed": meta.get("seed"),
                "file": str(path), "source": meta.get("source"), "original": meta.get("original"),
+               "original_sha256": meta.get("original_sha256"), "range": meta.get("range"),
                "bit_depth": img.get("bit_depth", 8)}
         if obj["label_name"] is not None:
             obj["label_name"] = str(obj["label_name"])

@@ -111,58 +111,90 @@ class EditInputs:
     records: dict[int, dict] = field(default_factory=dict)
 
 
-def _load(path: Path, data_config: dict, max_pixels: int, size: tuple[int, int]) -> torch.Tensor:
-    """One input image in model space (C, H, W), of the given size; errors name the file."""
+def model_space(path: Path, data_config: dict, *, alpha: str = "drop", max_pixels: int = 50_000_000) -> torch.Tensor:
+    """An image file in the model's units (C, H, W): its channels converted to the model's, its values
+    mapped by the model's range. A raw array for a model of 8/16-bit images (or the reverse) is refused."""
     from .data import read_image, to_channels
     from .domain import to_model
 
-    img = read_image(path, max_pixels=max_pixels)["image"]
-    img = to_channels(np.asarray(img, dtype=np.float32), int(data_config["channels"]), path)
-    if tuple(img.shape[1:]) != tuple(size):
-        raise InputError(f"{path}: {img.shape[1]} x {img.shape[2]} pixels, expected {size[0]} x {size[1]}")
-    return to_model(torch.from_numpy(img), data_config)
+    img = read_image(path, max_pixels=max_pixels, alpha=alpha)
+    raw_model, raw_input = int(data_config.get("bit_depth", 8)) == 0, int(img.get("bit_depth", 8)) == 0
+    if raw_model != raw_input:
+        have = "a raw array (values in the data's units)" if raw_input else "an 8/16-bit image"
+        want = "raw arrays (NPY/NPZ/float TIFF)" if raw_model else "8/16-bit images"
+        raise InputError(f"{path}: {have}, and the model was trained on {want}")
+    values = to_channels(np.asarray(img["image"], dtype=np.float32), int(data_config["channels"]), path)
+    return to_model(torch.from_numpy(values), data_config)
 
 
-def load_inputs(sample: dict, seeds: Sequence[int], data_config: dict, max_pixels: int) -> EditInputs:
+def _sized(path: Path, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[1:]) != tuple(size):
+        raise InputError(f"{path}: {x.shape[1]} x {x.shape[2]} pixels, expected {size[0]} x {size[1]}")
+    return x
+
+
+def _record(kind: str, path: Path, original: bool) -> dict:
+    """What a sample's metadata says about its input: the edit, the source file (absolute) and,
+    when the sample should reproduce it, the original with its sha256 (``evaluate`` checks it)."""
+    from ...core.io import sha256_file
+
+    rec = {"edit": kind, "source": str(path.resolve())}
+    if original:
+        rec.update(original=rec["source"], original_sha256=sha256_file(path))
+    return rec
+
+
+def _lowres_one(path: Path, data_config: dict, data_cfg: dict) -> tuple[torch.Tensor, bool]:
+    """A super-resolution input at the low resolution, and whether it was a full-size original."""
+    f = int(data_config["sr_factor"])
+    H, W = int(data_config["height"]), int(data_config["width"])
+    x = model_space(path, data_config, alpha=str(data_cfg.get("alpha", "drop")),
+                    max_pixels=int(data_cfg.get("max_pixels", 50_000_000)))
+    h, w = x.shape[1:]
+    if (h, w) == (H, W):
+        return downsample(x[None], f)[0], True
+    if (h, w) == (H // f, W // f):
+        return x, False
+    raise InputError(f"{path}: {h} x {w} pixels; this x{f} model upscales {H // f} x {W // f} images "
+                     f"(or takes {H} x {W} originals, downsampled first)")
+
+
+def _one(kind: str, path: Path, data_config: dict, data_cfg: dict) -> tuple[torch.Tensor, bool]:
+    """One input of an edit in model space, and whether it is the sample's original."""
+    if kind == "lowres":
+        return _lowres_one(path, data_config, data_cfg)
+    x = model_space(path, data_config, alpha=str(data_cfg.get("alpha", "drop")),
+                    max_pixels=int(data_cfg.get("max_pixels", 50_000_000)))
+    return _sized(path, x, (int(data_config["height"]), int(data_config["width"]))), kind == "inpaint"
+
+
+def check_inputs(sample: dict, data_config: dict, data_cfg: dict) -> None:
+    """Every input file of the edit (and the mask) fits the model; read one at a time, nothing kept."""
+    kind = edit_kind(sample)
+    for path in input_files(str(sample[kind]), kind):
+        _one(kind, path, data_config, data_cfg)
+    if kind == "inpaint":
+        hole_mask(sample, (int(data_config["height"]), int(data_config["width"])))
+
+
+def load_inputs(sample: dict, seeds: Sequence[int], data_config: dict, data_cfg: dict) -> EditInputs:
     """The inputs of the edit a ``[sample]`` table asks for, one per seed (seed k: the k-th file)."""
     kind = edit_kind(sample)
     files = input_files(str(sample[kind]), kind)
-    H, W = int(data_config["height"]), int(data_config["width"])
-    picked = [files[int(s) % len(files)] for s in seeds]
+    C, H, W = int(data_config["channels"]), int(data_config["height"]), int(data_config["width"])
+    xs, records = [], {}
+    for s in seeds:
+        path = files[int(s) % len(files)]
+        x, original = _one(kind, path, data_config, data_cfg)
+        xs.append(x)
+        records[int(s)] = _record(f"super_resolution_x{data_config['sr_factor']}" if kind == "lowres" else kind,
+                                  path, original)
+        if kind == "sdedit":
+            records[int(s)]["strength"] = float(sample["strength"])
+    x = torch.stack(xs)
     if kind == "lowres":
-        return _lowres_inputs(picked, seeds, data_config, max_pixels)
-    images = torch.stack([_load(f, data_config, max_pixels, (H, W)) for f in picked])
-    records = {int(s): {"edit": kind, "source": str(f)} for s, f in zip(seeds, picked)}
+        return EditInputs(torch.zeros(len(seeds), C, H, W), lowres=upsample(x, (H, W)), records=records)
     if kind == "sdedit":
-        for r in records.values():
-            r["strength"] = float(sample["strength"])
-        return EditInputs(images, records=records)
+        return EditInputs(x, records=records)
     known = ~hole_mask(sample, (H, W))
-    for r in records.values():
-        r["original"] = r["source"]
-    return EditInputs(images, known=known.expand(len(seeds), int(data_config["channels"]), H, W).clone(),
-                      records=records)
-
-
-def _lowres_inputs(picked: Sequence[Path], seeds: Sequence[int], data_config: dict, max_pixels: int) -> EditInputs:
-    """Super-resolution inputs: low-resolution images as they are, full-size ones downsampled first."""
-    from .data import read_image
-
-    f = int(data_config["sr_factor"])
-    H, W = int(data_config["height"]), int(data_config["width"])
-    low, records = [], {}
-    for s, path in zip(seeds, picked):
-        h, w = read_image(path, max_pixels=max_pixels)["image"].shape[1:]
-        rec = {"edit": f"super_resolution_x{f}", "source": str(path)}
-        if (h, w) == (H, W):
-            low.append(downsample(_load(path, data_config, max_pixels, (H, W))[None], f)[0])
-            rec["original"] = str(path)
-        elif (h, w) == (H // f, W // f):
-            low.append(_load(path, data_config, max_pixels, (H // f, W // f)))
-        else:
-            raise InputError(f"{path}: {h} x {w} pixels; this x{f} model upscales {H // f} x {W // f} images "
-                             f"(or takes {H} x {W} originals, downsampled first)")
-        records[int(s)] = rec
-    low_t = torch.stack(low)
-    return EditInputs(torch.zeros(len(seeds), int(data_config["channels"]), H, W),
-                      lowres=upsample(low_t, (H, W)), records=records)
+    return EditInputs(x, known=known.expand(len(seeds), C, H, W).clone(), records=records)

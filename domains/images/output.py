@@ -82,15 +82,31 @@ def _caption(draw, x: int, y: int, text: str, width: int) -> None:
     draw.text((x + 1, y), text, fill=(20, 20, 20), font=font)
 
 
+MAX_TILE = 256  # the longest side of a grid tile: larger images are shrunk (box filter) to fit
+
+
+def _fit(image01: np.ndarray, side: int) -> np.ndarray:
+    """(C, H, W) shrunk with a box filter so that its longer side is at most ``side``."""
+    C, H, W = image01.shape
+    if max(H, W) <= side:
+        return image01
+    import torch
+    import torch.nn.functional as F
+
+    size = (max(1, round(H * side / max(H, W))), max(1, round(W * side / max(H, W))))
+    return F.interpolate(torch.from_numpy(np.ascontiguousarray(image01))[None], size=size, mode="area")[0].numpy()
+
+
 def grid_png(path: str | Path, images: Sequence[np.ndarray], captions: Sequence[str] | None = None,
              columns: int = 8, cell: int = 64) -> Path:
     """An 8-bit RGB grid of (C, H, W) images in [0, 1], each enlarged by an integer factor to at least
-    ``cell`` pixels on its longer side, with a caption line under each; written atomically."""
+    ``cell`` pixels on its longer side (or shrunk to ``MAX_TILE``), with a caption line under each;
+    written atomically."""
     from PIL import Image, ImageDraw
 
     if not images:
         raise ValueError("grid_png: no images to draw")
-    imgs = [preview(np.asarray(im, dtype=np.float32)) for im in images]
+    imgs = [_fit(preview(np.asarray(im, dtype=np.float32)), MAX_TILE) for im in images]
     h, w = max(i.shape[1] for i in imgs), max(i.shape[2] for i in imgs)
     k = max(1, -(-cell // max(h, w)))
     caption_h = 12 if captions else 0

@@ -2,7 +2,9 @@
 
 Always: ``n``, ``mean`` and ``std`` of the pixel values (in [0, 1]).
 Against held-out originals, for samples whose metadata names one (inpainting, and super-resolution
-of full-size originals): ``psnr`` and ``ssim`` (Wang et al. 2004) over the ``paired`` samples.
+of full-size originals): ``psnr`` and ``ssim`` (Wang et al. 2004) over the ``paired`` samples, the
+originals read in the model's units; ``originals_missing`` counts samples whose original is gone or
+has changed since (its sha256 is recorded).
 Against the training data (the checkpoint's ``[data]`` table; scikit-learn's digits when no
 checkpoint is given), when the samples have its shape: ``fid``, ``precision``, ``recall``
 (Kynkaanniemi et al. 2019, k = 3) on the features of a classifier trained here on that data's
@@ -38,29 +40,45 @@ def _stack(objects: Sequence[dict]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(o["image"], dtype=np.float32) for o in objects])) * 2.0 - 1.0
 
 
-def _paired(objects: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(samples, originals) in [-1, 1] for the samples whose metadata names an existing original."""
-    from .data import read_image
+def _original_of(o: dict) -> Path | None:
+    """The original a sample's metadata names, when it exists unchanged (its recorded sha256)."""
+    from ...core.io import sha256_file
 
-    gen, ref = [], []
-    for o in objects:
-        orig = o.get("original")
-        if not orig:
-            continue
-        path = Path(orig)
-        if not path.is_absolute() and o.get("file"):
-            path = Path(o["file"]).parent / path if not path.exists() else path
-        if not path.is_file():
-            continue
-        img = read_image(path)["image"]
-        if img.shape != o["image"].shape:
-            raise InputError(f"{o.get('file', 'a sample')}: shape {tuple(o['image'].shape)}, its original {path} is "
-                             f"{tuple(img.shape)}")
-        gen.append(np.asarray(o["image"], dtype=np.float32))
-        ref.append(np.asarray(img, dtype=np.float32))
-    if not gen:
+    if not o.get("original"):
         return None
-    return torch.from_numpy(np.stack(gen)) * 2 - 1, torch.from_numpy(np.stack(ref)) * 2 - 1
+    path = Path(o["original"])
+    if not path.is_absolute() and o.get("file"):
+        path = Path(o["file"]).parent / path
+    if not path.is_file() or (o.get("original_sha256") and sha256_file(path) != o["original_sha256"]):
+        return None
+    return path
+
+
+def _paired(objects: Sequence[dict], data_config: dict) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """(samples, originals) in [-1, 1] for the samples whose metadata names an original, read in the
+    model's units (``edits.model_space``), and how many named an original that is missing or changed."""
+    from .edits import model_space
+
+    gen, ref, lost = [], [], 0
+    for o in objects:
+        if not o.get("original"):
+            continue
+        path = _original_of(o)
+        if path is None:
+            lost += 1
+            continue
+        C = o["image"].shape[0]
+        dc = {"channels": C, "range": o.get("range") or [0.0, 1.0], "bit_depth": 0 if o.get("range") else 8,
+              **{k: data_config[k] for k in ("channels", "range", "bit_depth") if k in data_config}}
+        x = model_space(path, dc)
+        if tuple(x.shape) != tuple(o["image"].shape):
+            raise InputError(f"{o.get('file', 'a sample')}: shape {tuple(o['image'].shape)}, its original {path} is "
+                             f"{tuple(x.shape)}")
+        gen.append(torch.from_numpy(np.asarray(o["image"], dtype=np.float32)) * 2 - 1)
+        ref.append(x)
+    if not gen and not lost:
+        return None
+    return (torch.stack(gen) if gen else None), (torch.stack(ref) if ref else None), lost
 
 
 def _data_table(data_config: dict) -> dict:
@@ -130,11 +148,16 @@ def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | 
     gen = _stack(objects)
     out: dict = {"n": len(objects), "mean": float((gen.mean() + 1) / 2), "std": float(gen.std() / 2),
                  "classifier": 0.0}
-    pairs = _paired(objects)
+    pairs = _paired(objects, data_config)
     if pairs is not None:
-        out.update(psnr=float(psnr(pairs[1], pairs[0])), ssim=float(ssim(pairs[1], pairs[0])), paired=len(pairs[0]))
+        gen_p, ref_p, lost = pairs
+        out.update(paired=0 if gen_p is None else len(gen_p), originals_missing=lost)
+        if gen_p is not None:
+            out.update(psnr=float(psnr(ref_p, gen_p)), ssim=float(ssim(ref_p, gen_p)))
     if reference is not None:
-        ref, labels, table = _stack(reference), [r.get("label_name") for r in reference], {"reference": "given"}
+        ref = _stack(reference)
+        labels = [r.get("label_name") for r in reference]
+        table = {"reference": hashlib.sha256(ref.numpy().tobytes()).hexdigest(), "labels": labels}
     else:
         ref, labels, table = reference_set(data_config)
     if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(objects) < 2:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.io import InputError, atomic_path
+from ...core.io import InputError, atomic_path, cache_dir
 from .chem import bond_orders_batch, embed_smiles, num_fragments, under_bonded
 from .types import ATOMIC_NUMBER, SYMBOLS, Molecule
 
@@ -59,8 +59,7 @@ _CACHE_FILE = "qm9.npz"
 
 def default_cache_dir() -> Path:
     """``$SCIFFUSION_CACHE/qm9`` if that variable is set, else ``~/.cache/sciffusion/qm9``."""
-    root = os.environ.get("SCIFFUSION_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "sciffusion") / "qm9"
+    return cache_dir("qm9")
 
 
 def qm9_source_dir() -> Path | None:

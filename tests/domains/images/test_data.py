@@ -227,12 +227,52 @@ def test_npy_stack(tmp_path):
         D.read_image(tmp_path / "s.npy")
 
 
+def test_small_channels_last_arrays(tmp_path):
+    rng = np.random.default_rng(7)
+    hwc = rng.random((32, 32, 3))  # 32 rows: once read as 32 channels of 32 x 3
+    np.save(tmp_path / "hwc.npy", hwc)
+    np.testing.assert_array_equal(D.read_image(tmp_path / "hwc.npy")["image"],
+                                  np.moveaxis(hwc, -1, 0).astype(np.float32))
+    for shape in ((28, 28, 1), (2, 8, 4)):  # last 1, 3, 4 and first not: channels-last
+        np.save(tmp_path / "x.npy", np.zeros(shape))
+        assert D.read_image(tmp_path / "x.npy")["image"].shape == (shape[2], shape[0], shape[1])
+    for shape in ((3, 32, 32), (1, 28, 28), (4, 8, 2), (2, 5, 6), (64, 8, 8)):  # channels-first
+        np.save(tmp_path / "x.npy", np.zeros(shape))
+        assert D.read_image(tmp_path / "x.npy")["image"].shape == shape
+
+    stack = rng.random((5, 32, 32, 3)).astype(np.float32)
+    np.save(tmp_path / "rgb_stack.npy", stack)
+    ex = D.read_images(tmp_path / "rgb_stack.npy")
+    assert len(ex) == 5 and all(e["image"].shape == (3, 32, 32) for e in ex)
+    np.testing.assert_array_equal(ex[4]["image"], np.moveaxis(stack[4], -1, 0))
+    np.save(tmp_path / "mnist.npy", np.zeros((6, 28, 28, 1), np.uint8))
+    assert [e["image"].shape for e in D.read_images(tmp_path / "mnist.npy")] == [(1, 28, 28)] * 6
+    np.savez(tmp_path / "z.npz", s=np.zeros((2, 16, 16, 4)))
+    assert [e["image"].shape for e in D.read_images(tmp_path / "z.npz")] == [(4, 16, 16)] * 2
+
+    for shape in ((3, 8, 3), (4, 4, 4), (1, 9, 1)):
+        np.save(tmp_path / "amb.npy", np.zeros(shape))
+        with pytest.raises(InputError, match=r"amb\.npy: array of shape .* ambiguous layout.*"
+                                             r"\(C, H, W\) with H, W > 4"):
+            D.read_image(tmp_path / "amb.npy")
+    np.save(tmp_path / "amb_stack.npy", np.zeros((2, 3, 8, 3)))
+    with pytest.raises(InputError, match=r"amb_stack\.npy: stack of images, each of shape \(3, 8, 3\) has an "
+                                         r"ambiguous layout"):
+        D.read_images(tmp_path / "amb_stack.npy")
+    (tmp_path / "f").mkdir()
+    np.save(tmp_path / "f" / "ok.npy", np.zeros((3, 6, 5)))
+    np.save(tmp_path / "f" / "odd.npy", np.zeros((4, 6, 4)))
+    with pytest.raises(InputError, match=r"odd\.npy: .*ambiguous"):
+        D.load_image_folder(tmp_path / "f")
+    assert len(D.load_image_folder(tmp_path / "f", skip_bad=True)) == 1
+
+
 def test_npz_members(tmp_path):
-    a, b = np.ones((4, 4), np.float32), np.full((3, 4, 4), 2.0)
+    a, b = np.ones((4, 4), np.float32), np.full((3, 5, 6), 2.0)  # (3, 4, 4) would be ambiguous
     np.savez_compressed(tmp_path / "m.npz", first=a, second=b)
     ex = D.read_images(tmp_path / "m.npz")
     assert [e["file"] for e in ex] == [f"{tmp_path / 'm.npz'}[first]", f"{tmp_path / 'm.npz'}[second]"]
-    assert ex[0]["image"].shape == (1, 4, 4) and ex[1]["image"].shape == (3, 4, 4)
+    assert ex[0]["image"].shape == (1, 4, 4) and ex[1]["image"].shape == (3, 5, 6)
     assert (ex[1]["image"] == 2).all() and all(e["bit_depth"] == 0 for e in ex)
     np.savez(tmp_path / "bad.npz", ok=a, nan=np.array([[np.nan, 1.0]]))
     with pytest.raises(InputError, match=r"bad\.npz\[nan\]: contains NaN"):
@@ -509,6 +549,59 @@ def test_resize_and_random_crop(tmp_path):
         D.load_image_folder(tmp_path, size=8, resize=True, random_crop=True)
     with pytest.raises(InputError, match="needs data.size"):
         D.load_image_folder(tmp_path, resize=True)
+
+
+def test_any_size_allows_mixed_sizes_only(tmp_path):
+    save(Image.fromarray(gray8((40, 30), 0)), tmp_path / "a.png")
+    save(Image.fromarray(gray8((20, 24), 1)), tmp_path / "b.png")
+    with pytest.raises(InputError, match="images differ in size"):
+        D.load_image_folder(tmp_path)
+    folder = D.load_image_folder(tmp_path, any_size=True)
+    assert [e["image"].shape for e in folder.examples] == [(1, 40, 30), (1, 20, 24)]
+    rgb = np.random.default_rng(3).integers(0, 256, (10, 10, 3), dtype=np.uint8)
+    save(Image.fromarray(rgb), tmp_path / "c.png")
+    with pytest.raises(InputError, match="mixed channel counts"):
+        D.load_image_folder(tmp_path, any_size=True)
+    assert [e["image"].shape[0] for e in D.load_image_folder(tmp_path, any_size=True, channels=1).examples] == [1] * 3
+    (tmp_path / "c.png").unlink()
+    np.save(tmp_path / "d.npy", np.ones((12, 12)))
+    with pytest.raises(InputError, match="mixes raster images"):
+        D.load_image_folder(tmp_path, any_size=True)
+
+
+def test_random_crops_follow_the_file_not_its_position(tmp_path):
+    save(Image.fromarray(gray8((40, 40), 1)), tmp_path / "b.png")
+    save(Image.fromarray(gray8((30, 50), 2)), tmp_path / "d.png")
+    before = D.load_image_folder(tmp_path, size=8, random_crop=True, seed=3, labels=False).examples
+    save(Image.fromarray(gray8((40, 40), 3)), tmp_path / "a.png")  # sorts first: shifts every index
+    save(Image.fromarray(gray8((40, 40), 4)), tmp_path / "c.png")
+    after = D.load_image_folder(tmp_path, size=8, random_crop=True, seed=3, labels=False).examples
+    assert [e["file"] for e in after] == [str(tmp_path / n) for n in ("a.png", "b.png", "c.png", "d.png")]
+    by_file = {e["file"]: e["image"] for e in after}
+    for e in before:
+        np.testing.assert_array_equal(by_file[e["file"]], e["image"])
+    other = D.load_image_folder(tmp_path, size=8, random_crop=True, seed=4, labels=False).examples
+    assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(after, other))
+
+    # the examples of one file (an NPY stack) draw their own windows, by their index in the file
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    np.save(raw / "s.npy", np.stack([np.arange(40 * 40, dtype=np.float32).reshape(1, 40, 40)] * 3))
+    crops = [e["image"] for e in D.load_image_folder(raw, size=8, random_crop=True, seed=3).examples]
+    assert len(crops) == 3 and len({float(c[0, 0, 0]) for c in crops}) > 1
+
+
+def test_seed_of_is_stable():
+    assert D.seed_of(0, "cats/1.png") == D.seed_of(0, "cats/1.png")
+    assert len({D.seed_of(0, "a.png"), D.seed_of(1, "a.png"), D.seed_of(0, "b.png"), D.seed_of(-1, "a.png")}) == 4
+    assert 0 <= D.seed_of(-5, "x") < 2 ** 64
+    # fixed across runs, processes and machines (SHA-256 of "0\0a.png"), not Python's salted hash
+    import hashlib
+    assert D.seed_of(0, "a.png") == int.from_bytes(hashlib.sha256(b"0\x00a.png").digest()[:8], "little")
+    img = np.random.default_rng(0).random((1, 40, 40), dtype=np.float32)
+    s = D.seed_of(2, "pic.png")
+    assert all(np.array_equal(a, b) for a, b in zip(D.patch_split(img, "train", 8, 4, s),
+                                                    D.patch_split(img, "train", 8, 4, s)))
 
 
 def test_resize_raw_arrays(tmp_path):

@@ -127,8 +127,9 @@ def test_inpainting_with_a_mask_image_regenerates_only_its_nonzero_pixels(digits
     mask[:, :3] = 255
     Image.fromarray(mask, "L").save(tmp_path / "mask.png")
     out = tmp_path / "inp"
-    api.sample(str(digits_run), out, n=2, overrides=[f"sample.inpaint={tmp_path / 'orig.png'}",
-                                                     f"sample.mask={tmp_path / 'mask.png'}"])
+    res = runner.invoke(app, ["sample", str(digits_run), "-n", "2", "--out", str(out), "--guidance", "2",
+                              f"sample.inpaint={tmp_path / 'orig.png'}", f"sample.mask={tmp_path / 'mask.png'}"])
+    assert res.exit_code == 0, res.output
     for f in sorted(out.glob("0*.png")):
         px, _ = _png(f)
         assert np.array_equal(px[:, 3:], original[:, 3:])
@@ -328,3 +329,33 @@ def test_edit_inputs_of_the_wrong_size_are_named(digits_run, tmp_path):
               "big.png: 9 x 9 pixels, expected 8 x 8", out)
     _contract(["sample", str(digits_run), "-n", "1", "--out", str(out), f"sample.inpaint={tmp_path / 'big.png'}"],
               "sample.mask", out)
+
+
+def test_an_original_that_changed_after_sampling_is_counted_not_scored(digits_run, tmp_path):
+    _digit_png(tmp_path / "orig.png", 3)
+    out = tmp_path / "inp"
+    api.sample(str(digits_run), out, n=2, overrides=[f"sample.inpaint={tmp_path / 'orig.png'}",
+                                                     "sample.mask_box=[0, 0, 8, 2]"])
+    assert api.evaluate("images", [out])["paired"] == 2
+    _digit_png(tmp_path / "orig.png", 4)  # another picture under the same name
+    m = api.evaluate("images", [out])
+    assert m["paired"] == 0 and m["originals_missing"] == 2 and "psnr" not in m
+
+
+def test_a_raw_array_is_refused_as_the_input_of_a_model_of_8_bit_images(digits_run, tmp_path):
+    np.save(tmp_path / "frame.npy", np.full((8, 8), 300.0, np.float32))
+    out = tmp_path / "o"
+    _contract(["sample", str(digits_run), "-n", "1", "--out", str(out), f"sample.sdedit={tmp_path / 'frame.npy'}"],
+              "frame.npy: a raw array", out)
+
+
+def test_a_failing_run_picture_warns_and_leaves_the_run_complete(digits_run, tmp_path, monkeypatch):
+    def broken(self, files, path, data_config):
+        raise MemoryError("too big")
+
+    monkeypatch.setattr(ImagesDomain, "run_picture", broken)
+    out = tmp_path / "s"
+    with pytest.warns(UserWarning, match="run picture failed"):
+        res = api.sample(str(digits_run), out, n=2)
+    run = json.loads((out / "run.json").read_text())
+    assert res.files == 2 and run["status"] == "complete" and run["picture"] is None and not (out / "grid.png").exists()
