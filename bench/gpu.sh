@@ -8,7 +8,7 @@
 # OUT/a/b/file):
 #   1. the CUDA tests (tests/core/test_cuda.py): noise, sampling and bf16 training on the GPU;
 #   2. the training- and sampling-throughput bench at the reference size (float32, bf16 autocast,
-#      bf16 + torch.compile), printed to OUT/bench.txt;
+#      bf16 + torch.compile), then the images U-Net/DiT speed bench, printed to OUT/bench.txt;
 #   3. training of the shipped QM9 run (domains/molecules/runs/qm9, resumable: weights, EMA,
 #      optimizer) continued on the GPU for the minutes left, its new checkpoint copied flat to
 #      OUT/ckpt/ and its log to OUT/ckpt/log.jsonl: put them back into domains/molecules/runs/qm9
@@ -51,6 +51,8 @@ run() {
   echo "== 2. throughput" | tee "$out/bench.txt"
   timeout 240 $py bench/molecules.py --speed-only --no-append --train-steps 20 --sample-steps 50 2>&1 \
     | tail -n 40 | tee -a "$out/bench.txt"
+  echo "== 2b. images throughput (U-Net and DiT; needs scikit-learn and scikit-image there)" | tee -a "$out/bench.txt"
+  timeout 120 $py bench/images.py speed --seconds 3 2>&1 | tail -n 12 | tee -a "$out/bench.txt"
 
   local left=$(( total * 60 - ($(date +%s) - start) - 75 ))
   echo "== 3. training on for $(( left / 60 )) min" | tee "$out/train.txt"

@@ -3,6 +3,7 @@ network calls for each sampler. Each prints its table and appends it to bench/RE
 
     python bench/images.py study-train vp_v --steps 3000 --out runs/images_study   # one arm, one thread
     python bench/images.py study-report --out runs/images_study --samples 1000 --calls 5 10 20 50
+    python bench/images.py study-curve --out runs/images_study --samples 1000 --calls 10     # FID over training
     python bench/images.py speed [--device cuda] [--seconds 5]                  # images/s, U-Net and DiT
     python bench/images.py calls images --samples 1000 --calls 5 10 20 50       # FID per sampler and call budget
                                                                                  # (heun: n steps are 2n - 1 calls)
@@ -85,16 +86,18 @@ def fid_row(ckpt: Path, sampler: list[str], calls: int, samples: int, work: Path
     from sciffusion import api
 
     over = sampler + [f"sample.steps={steps_for(ckpt, sampler, calls)}"]
-    folder = work / f"{ckpt.parent.parent.name}-{'-'.join(o.split('=')[1] for o in sampler)}-{calls}-n{samples}"
-    t0 = time.perf_counter()
+    folder = work / f"{ckpt.parent.parent.name}-{ckpt.name}-{'-'.join(o.split('=')[1] for o in sampler)}-{calls}-n{samples}"
     res = api.sample(str(ckpt), folder, n=samples, overrides=over, progress=False)
-    seconds = time.perf_counter() - t0
+    seconds = res.seconds if res.generated else json.loads((folder / "run.json").read_text())["seconds"]
     m = api.evaluate("images", [folder], checkpoint=ckpt)
-    return {"calls": res.network_calls, "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
+    calls = {json.loads(ln)["network_calls"] for ln in (folder / "manifest.jsonl").read_text().splitlines() if ln}
+    return {"calls": calls.pop() if len(calls) == 1 else float("nan"), "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
             "accuracy": m.get("accuracy", float("nan")), "seconds": seconds}
 
 
 def study_report(out: Path, samples: int, calls: list[int], argv: list[str]) -> None:
+    import torch
+
     from sciffusion.core.checkpoint import latest_checkpoint
 
     rows = []
@@ -113,7 +116,7 @@ def study_report(out: Path, samples: int, calls: list[int], argv: list[str]) -> 
     text = common.table(["arm", "steps", "train min", "sampler", "calls", "FID", "precision", "recall", "accuracy %"],
                         rows)
     notes = "\n".join(f"- {arm}: {what}" for arm, (what, _, _) in ARMS.items())
-    header = common.run_header("bench/images.py", argv, "cpu", [f"samples per cell: {samples} (seeds 0..{samples - 1})",
+    header = common.run_header("images.py", argv, torch.device("cpu"), [f"samples per cell: {samples} (seeds 0..{samples - 1})",
                                                                 "FID etc. on the features of the digits classifier trained "
                                                                 "here, against the 1,617 training digits"])
     print(text)
@@ -171,6 +174,8 @@ SAMPLERS = {"euler": (["sample.sampler=euler"], 1), "heun": (["sample.sampler=he
 
 def calls_table(model: str, samples: int, calls: list[int], out: Path, argv: list[str]) -> None:
     """FID / precision / recall / accuracy of ``model`` for each sampler at each call budget."""
+    import torch
+
     from sciffusion.core.checkpoint import load_checkpoint, resolve
     from sciffusion.core.registry import available, get_domain
 
@@ -184,10 +189,29 @@ def calls_table(model: str, samples: int, calls: list[int], out: Path, argv: lis
                          f"{100 * r['accuracy']:.1f}", f"{samples / r['seconds']:.0f}"])
             print(" | ".join(rows[-1]), flush=True)
     text = common.table(["sampler", "calls", "FID", "precision", "recall", "accuracy %", "images/s"], rows)
-    head = common.run_header("images.py", argv, "cpu", [f"model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]})",
+    head = common.run_header("images.py", argv, torch.device("cpu"), [f"model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]})",
                                                         f"samples per cell: {samples}, uniform time grid"])
     print(text)
     common.append_results("images FID against network calls (bench/images.py calls)", "\n".join(head) + "\n\n" + text)
+
+
+def study_curve(out: Path, samples: int, calls: int, argv: list[str]) -> None:
+    """FID of every arm's checkpoints (every 500 steps) at one call budget: which recipe converges fastest."""
+    import torch
+
+    from sciffusion.core.checkpoint import list_checkpoints
+
+    rows, arms = {}, [a for a in ARMS if (out / a / "log.jsonl").is_file()]
+    for arm in arms:
+        for step, ckpt in list_checkpoints(out / arm):
+            rows.setdefault(step, {})[arm] = fid_row(ckpt, ARMS[arm][2], calls, samples, out / "samples")["fid"]
+            print(f"{arm} step {step}: FID {rows[step][arm]:.2f}", flush=True)
+    table = common.table(["step"] + [f"{a} FID" for a in arms],
+                         [[str(s)] + [f"{rows[s].get(a, float('nan')):.2f}" for a in arms] for s in sorted(rows)])
+    header = common.run_header("images.py", argv, torch.device("cpu"), [f"samples per cell: {samples}, {calls} network "
+                                                                        "calls, each arm with its own sampler"])
+    print(table)
+    common.append_results("images recipe study: FID over training", "\n".join(header) + "\n\n" + table)
 
 
 def main(argv: list[str]) -> None:
@@ -201,6 +225,10 @@ def main(argv: list[str]) -> None:
     r.add_argument("--out", type=Path, default=Path("runs/images_study"))
     r.add_argument("--samples", type=int, default=1000)
     r.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50])
+    cu = sub.add_parser("study-curve")
+    cu.add_argument("--out", type=Path, default=Path("runs/images_study"))
+    cu.add_argument("--samples", type=int, default=1000)
+    cu.add_argument("--calls", type=int, default=10)
     sp = sub.add_parser("speed")
     sp.add_argument("--device", default=None)
     sp.add_argument("--seconds", type=float, default=5.0, help="timed training seconds per case")
@@ -216,6 +244,8 @@ def main(argv: list[str]) -> None:
         study_train(a.arm, a.steps, a.out)
     elif a.cmd == "study-report":
         study_report(a.out, a.samples, a.calls, argv)
+    elif a.cmd == "study-curve":
+        study_curve(a.out, a.samples, a.calls, argv)
     elif a.cmd == "speed":
         import torch
 

@@ -21,7 +21,7 @@ Lifecycle
   ``constraint(batch, seeds, cfg, data_config)`` -> known entries to pin (inpainting); optionally
   ``start(batch, seeds, cfg, data_config)`` -> a state to edit and its start time (SDEdit); a sampler produces x0;
   ``decode(x0, cond, data_config)`` -> domain objects; ``write(objects, seeds, folder, ...)`` -> files;
-  optionally ``run_picture(files, path, data_config)`` -> one picture of the run.
+  optionally ``run_picture(files, path, cfg, data_config)`` -> one picture of the run.
 - evaluation: ``read(path)`` -> object; ``metrics(objects, data_config, reference=None)`` -> {name: float}.
 
 Rules the engine relies on
@@ -199,10 +199,10 @@ class Domain(abc.ABC):
         per object: a path, or a sequence whose first path is the sample and the rest its companions
         (e.g. a picture), which the manifest lists with it."""
 
-    def run_picture(self, files: Sequence[Path], path: Path, data_config: dict) -> Path | None:
+    def run_picture(self, files: Sequence[Path], path: Path, cfg: dict, data_config: dict) -> Path | None:
         """A picture of a whole generation run (e.g. a grid of samples), written atomically to
         ``path`` once the run's manifest is complete; ``files`` are the first samples' files in seed
-        order (at most ``RUN_PICTURE_SAMPLES``). None (the default): no picture."""
+        order (at most ``RUN_PICTURE_SAMPLES``), ``cfg`` the run's config. None (the default): no picture."""
         return None
 
     # ------------------------------------------------------------------ evaluation

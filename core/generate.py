@@ -241,7 +241,7 @@ class _Generator:
                 raise
 
 
-def _run_picture(domain: Domain, out: Path, data_config: dict) -> str | None:
+def _run_picture(domain: Domain, out: Path, cfg: dict, data_config: dict) -> str | None:
     """The domain's picture of the run (``Domain.run_picture``) from the manifest's first samples;
     its file name, or None when the domain draws none (or drawing it failed: a warning, not an error)."""
     files = []
@@ -251,7 +251,7 @@ def _run_picture(domain: Domain, out: Path, data_config: dict) -> str | None:
                 break
             files.append(out / json.loads(line)["file"])
     try:
-        path = domain.run_picture(files, out / RUN_PICTURE, data_config) if files else None
+        path = domain.run_picture(files, out / RUN_PICTURE, cfg, data_config) if files else None
     except Exception as e:  # noqa: BLE001 - the samples are complete; a picture of them must not undo that
         warnings.warn(f"{out / RUN_PICTURE}: the domain's run picture failed ({type(e).__name__}: {e}); the samples "
                       "and the manifest are complete", stacklevel=2)
@@ -350,7 +350,7 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
     def finish() -> None:
         try:
             files = write_manifest(out, shards)
-            picture = _run_picture(domain, out, ckpt.data_config)
+            picture = _run_picture(domain, out, cfg, ckpt.data_config)
             atomic_write_json(out / RUN, dict(header, status="complete", files=files, generated=total_generated,
                                               skipped=skipped, seconds=round(seconds, 3), samples_per_s=round(rate, 3),
                                               network_calls_per_sample=calls, picture=picture,

@@ -259,10 +259,12 @@ class ImagesDomain(Domain):
                 paths.append(path)
         return paths
 
-    def run_picture(self, files: Sequence[Path], path: Path, data_config: dict) -> Path | None:
-        """grid.png: the run's first samples, captioned with seed and label."""
+    def run_picture(self, files: Sequence[Path], path: Path, cfg: dict, data_config: dict) -> Path | None:
+        """grid.png: the run's first samples, captioned with seed and label (``sample.grid_picture``)."""
         from .output import grid_png
 
+        if not cfg["sample"].get("grid_picture", True):
+            return None
         images, captions = [], []
         for f in files:
             obj = self.read(f)

@@ -90,6 +90,7 @@ class ImagesSample(SampleConfig):
     sdedit: str = ""  # image(s) to edit with SDEdit
     strength: Annotated[float, Check(lo=0, hi=1, lo_open=True)] = 0.5  # SDEdit start time t0 (0: unchanged, 1: a new sample)
     lowres: str = ""  # super-resolution input(s): low-resolution images, or full-size originals (downsampled first)
+    grid_picture: bool = True  # write grid.png (the run's first 64 samples) when the run completes
 
     @classmethod
     def check(cls, table: dict, cfg: dict) -> None:

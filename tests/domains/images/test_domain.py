@@ -77,6 +77,9 @@ def test_cli_trains_samples_and_evaluates_the_digits(digits_run, tmp_path):
         g = np.asarray(grid.convert("L"))
     assert g.shape == (2 * (64 + 12 + 4) + 4, 8 * (64 + 4) + 4) and g.std() > 10
     assert json.loads((out / "run.json").read_text())["picture"] == "grid.png"
+    none = tmp_path / "nogrid"
+    api.sample(str(digits_run), none, n=2, overrides=["sample.grid_picture=false"])
+    assert not (none / "grid.png").exists() and json.loads((none / "run.json").read_text())["picture"] is None
     res = runner.invoke(app, ["evaluate", "images", str(out), "--checkpoint", str(digits_run), "--json"])
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
@@ -350,7 +353,7 @@ def test_a_raw_array_is_refused_as_the_input_of_a_model_of_8_bit_images(digits_r
 
 
 def test_a_failing_run_picture_warns_and_leaves_the_run_complete(digits_run, tmp_path, monkeypatch):
-    def broken(self, files, path, data_config):
+    def broken(self, files, path, cfg, data_config):
         raise MemoryError("too big")
 
     monkeypatch.setattr(ImagesDomain, "run_picture", broken)
