@@ -1,6 +1,7 @@
 """Network building blocks shared by the domains (a domain never imports another domain, so what two
-of them use lives here): the sinusoidal time embedding, the GroupNorm group count, and the
-time-conditioned residual block of the U-Nets.
+of them use lives here): the sinusoidal time embedding, the class labels with their null label
+(classifier-free guidance) and the conditioning vector made of both, the GroupNorm group count, and
+the time-conditioned residual block of the U-Nets.
 
 The parameter names of ``ResBlock`` (``norm1``, ``conv1``, ``emb``, ``norm2``, ``conv2``, ``skip``)
 are those of the shipped checkpoints; keep them.
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["timestep_embedding", "group_count", "ResBlock"]
+__all__ = ["timestep_embedding", "label_indices", "conditioning_vector", "group_count", "ResBlock"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -27,6 +28,35 @@ def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torc
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
+
+
+def label_indices(cond, num_classes: int, batch: int, device, who: str) -> torch.Tensor | None:
+    """Label indices (B,) from ``cond["label"]`` with the null label ``num_classes`` for a missing
+    condition or a negative label; None for an unconditional network (``num_classes`` = 0)."""
+    if num_classes == 0:
+        return None
+    lab = cond.get("label") if isinstance(cond, dict) else cond
+    if lab is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    lab = torch.as_tensor(lab, device=device).long().reshape(-1)
+    if lab.numel() == 1:
+        lab = lab.expand(batch)
+    if lab.shape[0] != batch:
+        raise ValueError(f"{who}: {lab.shape[0]} labels for a batch of {batch}")
+    if bool((lab > num_classes).any()):
+        raise ValueError(f"{who}: label index above the null label {num_classes} ({num_classes} classes)")
+    return torch.where(lab < 0, torch.full_like(lab, num_classes), lab)
+
+
+def conditioning_vector(time_mlp: nn.Module, width: int, c_noise, label_emb: nn.Module | None,
+                        labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """time_mlp(timestep_embedding(c_noise, width)) plus the label embedding (B, D) for the batch ``x``."""
+    B = x.shape[0]
+    t = torch.as_tensor(c_noise, device=x.device).float().reshape(-1).expand(B)
+    c = time_mlp(timestep_embedding(t, width).to(x.dtype))
+    if labels is not None:
+        c = c + label_emb(labels).to(c.dtype)
+    return c
 
 
 def group_count(ch: int) -> int:

@@ -140,3 +140,32 @@ def print_card(write, args) -> None:
         print(write(args))
     except InputError as e:
         raise CardError(str(e)) from None
+
+
+def measured_on(script: str, argv) -> str:
+    """A card's last section: when, on which machine and by which command it was measured."""
+    import datetime as dt
+    import shlex
+
+    return (f"## Measured on\n{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()};\n"
+            f"`python {script} {shlex.join(argv)}`.\n")
+
+
+def save_card(text: str, out: str | None, model: Path) -> str:
+    """Write a card (atomically) to ``out``, else to MODEL_CARD.md in the model's folder; the text."""
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(out) if out else Path(model) / "MODEL_CARD.md", text)
+    return text
+
+
+def card_arguments(doc: str, model: Path, what: str):
+    """A card script's parser and its ``card`` sub-command with ``--model`` (default ``model``) and ``--out``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("card", help=f"measure {what} and write its MODEL_CARD.md")
+    c.add_argument("--model", default=str(model), help=f"the checkpoint folder (default: {model.name})")
+    c.add_argument("--out", default=None, help="where to write the card (default: MODEL_CARD.md in the model folder)")
+    return ap, c

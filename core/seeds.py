@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .io import InputError
 
-__all__ = ["parse_seeds", "shard_seeds"]
+__all__ = ["parse_seeds", "shard_seeds", "labels_for_seeds"]
 
 
 def _as_seed(v: Any, what: str) -> int:
@@ -76,3 +76,28 @@ def parse_seeds(n: int | None = None, seeds: str | Sequence[int] | None = None) 
 def shard_seeds(seeds: Sequence[int], shard_size: int) -> list[list[int]]:
     """Consecutive chunks of ``shard_size`` seeds, in the order given."""
     return [list(seeds[i:i + shard_size]) for i in range(0, len(seeds), shard_size)]
+
+
+def labels_for_seeds(want: Any, names: Sequence[str], counts: Sequence[int] | None, seeds: Sequence[int],
+                     where: str) -> list[int]:
+    """A class index per seed: ``want`` (an index or a label name; ``sample.label``) for every seed,
+    or with -1 each seed's own draw from the training label ``counts`` (so a sample's label depends
+    on its seed alone). Errors name ``where`` (the domain)."""
+    import numpy as np
+
+    names = list(names)
+    if isinstance(want, str) and want not in ("", "-1"):
+        if want in names:
+            return [names.index(want)] * len(seeds)
+        try:
+            want = int(want)
+        except ValueError:
+            raise InputError(f"{where}: sample.label={want!r} is not one of the model's labels {names}") from None
+    want = -1 if want in ("", None) else int(want)
+    if want >= 0:
+        if want >= len(names):
+            raise InputError(f"{where}: sample.label={want} is out of range (the model has labels {names})")
+        return [want] * len(seeds)
+    p = np.asarray(counts or [1] * len(names), dtype=np.float64)
+    p = p / p.sum()
+    return [int(np.random.default_rng(int(s)).choice(len(p), p=p)) for s in seeds]

@@ -24,6 +24,7 @@ import torch
 
 from ...core.domain import Batch, Domain
 from ...core.io import InputError, cache_dir
+from ...core.seeds import labels_for_seeds
 from ...core.state import State
 from .data import (FSDD_PATTERN, clips_data_config, fsdd_root, label_of, load_audio_file, load_examples,
                    load_fsdd)
@@ -131,24 +132,9 @@ class AudioDomain(Domain):
     # ------------------------------------------------------------------ generation
     def sample_labels(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> list[int]:
         """Label index per seed: ``sample.label`` (an index or a label name) for all, or with -1 each
-        seed's own draw from the training label counts."""
-        names = data_config.get("label_names") or []
-        want = (cfg.get("sample") or {}).get("label", -1)
-        if isinstance(want, str) and want not in ("", "-1"):
-            if want in names:
-                return [names.index(want)] * len(seeds)
-            try:
-                want = int(want)
-            except ValueError:
-                raise InputError(f"audio: sample.label={want!r} is not one of the model's labels {names}") from None
-        want = -1 if want in ("", None) else int(want)
-        if want >= 0:
-            if want >= len(names):
-                raise InputError(f"audio: sample.label={want} is out of range (the model has labels {names})")
-            return [want] * len(seeds)
-        counts = np.asarray(data_config.get("label_counts") or [1] * len(names), dtype=np.float64)
-        p = counts / counts.sum()
-        return [int(np.random.default_rng(int(s)).choice(len(p), p=p)) for s in seeds]
+        seed's own draw from the training label counts (``core.seeds.labels_for_seeds``)."""
+        return labels_for_seeds((cfg.get("sample") or {}).get("label", -1), data_config.get("label_names") or [],
+                                data_config.get("label_counts"), seeds, "audio")
 
     def template(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> Batch:
         if cfg.get("data"):

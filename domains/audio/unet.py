@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.layers import ResBlock, group_count, timestep_embedding
+from ...core.layers import ResBlock, conditioning_vector, group_count, label_indices, timestep_embedding
 from ...core.state import State
 
 __all__ = ["MelUNet", "MelUNet1d", "build_unet", "build_unet1d", "timestep_embedding"]
@@ -77,19 +77,7 @@ class MelUNet(nn.Module):
 
     def labels(self, cond, batch: int, device) -> torch.Tensor | None:
         """Label indices (B,) with the null label for None / missing / negative labels."""
-        if self.label_emb is None:
-            return None
-        lab = cond.get("label") if isinstance(cond, dict) else cond
-        if lab is None:
-            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        lab = torch.as_tensor(lab, device=device).long().reshape(-1)
-        if lab.numel() == 1:
-            lab = lab.expand(batch)
-        if lab.shape[0] != batch:
-            raise ValueError(f"MelUNet: {lab.shape[0]} labels for a batch of {batch}")
-        if (lab > self.num_classes).any():
-            raise ValueError(f"MelUNet: label index above the null label {self.num_classes}")
-        return torch.where(lab < 0, torch.full_like(lab, self.num_classes), lab)
+        return label_indices(cond, self.num_classes if self.label_emb is not None else 0, batch, device, "MelUNet")
 
     def forward_tensor(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         _, _, H, W = x.shape
@@ -102,13 +90,8 @@ class MelUNet(nn.Module):
 
     def embedding(self, t, cond, x: torch.Tensor) -> torch.Tensor:
         """Time embedding plus label embedding (B, emb_dim) for the batch ``x``."""
-        B = x.shape[0]
-        t = torch.as_tensor(t, device=x.device).float().reshape(-1).expand(B)
-        emb = self.time_mlp(timestep_embedding(t, self.temb_dim).to(x.dtype))
-        lab = self.labels(cond, B, x.device)
-        if lab is not None:
-            emb = emb + self.label_emb(lab).to(emb.dtype)
-        return emb
+        return conditioning_vector(self.time_mlp, self.temb_dim, t, self.label_emb,
+                                   self.labels(cond, x.shape[0], x.device), x)
 
     def trunk(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """conv_in, the down path (skips kept), the middle, the up path (skips concatenated), conv_out;

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.layers import timestep_embedding
+from ...core.layers import conditioning_vector
 from ...core.state import State
 from .unet import ImageConditioning
 
@@ -123,13 +123,8 @@ class ImageDiT(ImageConditioning):
 
     def embedding(self, c_noise, cond, x: torch.Tensor) -> torch.Tensor:
         """The conditioning vector (B, hidden): time embedding plus label embedding."""
-        B = x.shape[0]
-        t = torch.as_tensor(c_noise, device=x.device).float().reshape(-1).expand(B)
-        c = self.time_mlp(timestep_embedding(t, self.hidden).to(x.dtype))
-        lab = self.labels(cond, B, x.device)
-        if lab is not None:
-            c = c + self.label_emb(lab).to(c.dtype)
-        return c
+        return conditioning_vector(self.time_mlp, self.hidden, c_noise, self.label_emb,
+                                   self.labels(cond, x.shape[0], x.device), x)
 
     def forward_tensor(self, x: torch.Tensor, c_noise, cond=None) -> torch.Tensor:
         """(B, input_channels, H, W) -> (B, channels_in, H, W)."""

@@ -27,6 +27,7 @@ import torch
 
 from ...core.domain import Batch, Domain
 from ...core.io import InputError
+from ...core.seeds import labels_for_seeds
 from ...core.state import State
 from . import edits
 from .dataset import load_examples
@@ -138,27 +139,14 @@ class ImagesDomain(Domain):
     # ------------------------------------------------------------------ generation
     def sample_labels(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> list[int]:
         """Label index per seed: ``sample.label`` (an index or a name) for all; with -1 each seed's own
-        draw from the training label counts (an edit: the null label when the model learnt it)."""
+        draw from the training label counts (``core.seeds.labels_for_seeds``), except for an edit of
+        a model that learnt the null label: that one (the edit is guided by the image alone)."""
         names = data_config.get("label_names") or []
         s = cfg["sample"]
-        want = s.get("label", -1)
-        if isinstance(want, str) and want not in ("", "-1"):
-            if want in names:
-                return [names.index(want)] * len(seeds)
-            try:
-                want = int(want)
-            except ValueError:
-                raise InputError(f"images: sample.label={want!r} is not one of the model's labels {names}") from None
-        want = -1 if want in ("", None) else int(want)
-        if want >= 0:
-            if want >= len(names):
-                raise InputError(f"images: sample.label={want} is out of range (the model has labels {names})")
-            return [want] * len(seeds)
-        if edits.edit_kind(s) and float(cfg["objective"]["condition_dropout"]) > 0:
+        if (str(s.get("label", -1)) in ("-1", "") and edits.edit_kind(s)
+                and float(cfg["objective"]["condition_dropout"]) > 0):
             return [len(names)] * len(seeds)
-        counts = np.asarray(data_config.get("label_counts") or [1] * len(names), dtype=np.float64)
-        p = counts / counts.sum()
-        return [int(np.random.default_rng(int(seed)).choice(len(p), p=p)) for seed in seeds]
+        return labels_for_seeds(s.get("label", -1), names, data_config.get("label_counts"), seeds, "images")
 
     def _shape(self, data_config: dict) -> tuple[int, int, int]:
         return int(data_config["channels"]), int(data_config["height"]), int(data_config["width"])

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.layers import ResBlock, group_count, timestep_embedding
+from ...core.layers import ResBlock, conditioning_vector, group_count, label_indices
 from ...core.state import State
 
 __all__ = ["ImageUNet", "SelfAttention2d", "attention_levels"]
@@ -60,20 +60,7 @@ class ImageConditioning(nn.Module):
     def labels(self, cond, batch: int, device) -> torch.Tensor | None:
         """Label indices (B,) with the null label for None / missing / negative labels (None when
         the network is unconditional)."""
-        if self.num_classes == 0:
-            return None
-        lab = cond.get("label") if isinstance(cond, dict) else None
-        if lab is None:
-            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
-        lab = torch.as_tensor(lab, device=device).long().reshape(-1)
-        if lab.numel() == 1:
-            lab = lab.expand(batch)
-        if lab.shape[0] != batch:
-            raise ValueError(f"{type(self).__name__}: {lab.shape[0]} labels for a batch of {batch}")
-        if bool((lab > self.num_classes).any()):
-            raise ValueError(f"{type(self).__name__}: label index above the null label {self.num_classes} "
-                             f"({self.num_classes} classes)")
-        return torch.where(lab < 0, torch.full_like(lab, self.num_classes), lab)
+        return label_indices(cond, self.num_classes, batch, device, type(self).__name__)
 
     def image_input(self, x: State, cond) -> torch.Tensor:
         """(B, input_channels, H, W): the image, then "sc:<field>" (or zeros), then cond["lowres"]."""
@@ -198,13 +185,8 @@ class ImageUNet(ImageConditioning):
 
     def embedding(self, c_noise, cond, x: torch.Tensor) -> torch.Tensor:
         """Time embedding plus label embedding (B, emb_dim) for the batch ``x``."""
-        B = x.shape[0]
-        t = torch.as_tensor(c_noise, device=x.device).float().reshape(-1).expand(B)
-        emb = self.time_mlp(timestep_embedding(t, self.temb_dim).to(x.dtype))
-        lab = self.labels(cond, B, x.device)
-        if lab is not None:
-            emb = emb + self.label_emb(lab).to(emb.dtype)
-        return emb
+        return conditioning_vector(self.time_mlp, self.temb_dim, c_noise, self.label_emb,
+                                   self.labels(cond, x.shape[0], x.device), x)
 
     @staticmethod
     def run_block(mods: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -15,17 +15,23 @@ classifier's accuracy on the test split, the vocoder's copy-synthesis scores, th
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import re
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 
-from sciffusion.core.provenance import (CardError, loss_curve, machine, print_card, processes, training_history,
-                                        training_records)
+from sciffusion.core.provenance import (
+    CardError,
+    loss_curve,
+    measured_on,
+    print_card,
+    processes,
+    save_card,
+    training_history,
+    training_records,
+)
 
 HERE = Path(__file__).resolve().parent
 MEL = HERE / "fsdd"
@@ -218,9 +224,8 @@ def vocoder_section(model: Path, log: Path | None, mel_cfg: dict, clips: int) ->
     from sciffusion.core.checkpoint import load_checkpoint
 
     sys.path.insert(0, str(BENCH))
-    from vocoder import COPY_COLUMNS, copy_cells, copy_synthesis
-
     from common import table
+    from vocoder import COPY_COLUMNS, copy_cells, copy_synthesis
 
     ckpt = load_checkpoint(model)
     cfg = resolved(ckpt)
@@ -250,7 +255,6 @@ compute per second of audio on this machine):
 def card(args) -> str:
     """Measure the models and write the card (``--out``, default the mel model's MODEL_CARD.md); its text."""
     from sciffusion.core.checkpoint import load_checkpoint
-    from sciffusion.core.io import atomic_write_text
     from sciffusion.core.registry import get_domain
     from sciffusion.domains.audio.data import load_examples
 
@@ -302,12 +306,8 @@ Generation on this machine:
 {chr(10).join(timing)}
 
 {vocoder}
-## Measured on
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()};
-`python domains/audio/weights/ship.py {shlex.join(args.argv)}`.
-"""
-    atomic_write_text(Path(args.out) if args.out else model / "MODEL_CARD.md", text)
-    return text
+{measured_on("domains/audio/weights/ship.py", args.argv)}"""
+    return save_card(text, args.out, model)
 
 
 def main(argv: list[str] | None = None) -> None:

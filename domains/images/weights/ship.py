@@ -13,8 +13,6 @@ counted.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
 import shlex
 import sys
@@ -22,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 
-from sciffusion.core.provenance import (CardError, config_overrides, loss_curve, machine, print_card, processes,
-                                        training_history, training_records)
+from sciffusion.core.provenance import (CardError, card_arguments, config_overrides, loss_curve, measured_on,
+                                        print_card, processes, save_card, training_history, training_records)
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "digits"
@@ -137,7 +135,6 @@ The checkpoint's config, as a command (defaults of today's `images` domain left 
 
 def write_card(args) -> str:
     from sciffusion.core.checkpoint import load_checkpoint
-    from sciffusion.core.io import atomic_write_text
 
     model = Path(args.model)
     ckpt = load_checkpoint(model)
@@ -164,21 +161,13 @@ with classifier-free guidance (null label dropout {ckpt.config['objective']['con
 
 {quality}
 {sweep}{inpaint}
-## Measured on
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()};
-`python domains/images/weights/ship.py {shlex.join(args.argv)}`.
-"""
-    atomic_write_text(Path(args.out) if args.out else model / "MODEL_CARD.md", text)
-    return text
+{measured_on("domains/images/weights/ship.py", args.argv)}"""
+    return save_card(text, args.out, model)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("card", help="measure the model and write its MODEL_CARD.md")
-    c.add_argument("--model", default=str(TARGET), help="the checkpoint folder (default: the shipped digits model)")
-    c.add_argument("--out", default=None, help="where to write the card (default: MODEL_CARD.md in the model folder)")
+    ap, c = card_arguments(__doc__, TARGET, "the digits model")
     c.add_argument("--samples", type=int, default=2000, help="samples of the quality section (the model's defaults)")
     c.add_argument("--log", default=None, help="the training run's log.jsonl (or run folder)")
     c.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50], help="network-call budgets of the sweep")

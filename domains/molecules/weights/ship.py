@@ -16,16 +16,14 @@ Network calls are the ones the sampling path counted (50 DDPM steps on EDM's sch
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
-from sciffusion.core.provenance import (CardError, config_overrides, loss_curve, machine, print_card, processes,
-                                        training_history, training_records)
+from sciffusion.core.provenance import (CardError, card_arguments, config_overrides, loss_curve, measured_on,
+                                        print_card, processes, save_card, training_history, training_records)
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "qm9"
@@ -190,7 +188,6 @@ def sweep_section(rows: list[list[str]]) -> str:
 
 def write_card(args) -> str:
     """Measure and write the card; returns its text."""
-    from sciffusion.core.io import atomic_write_text
 
     model = Path(args.model)
     ckpt = _checkpoint(model)
@@ -220,12 +217,8 @@ The default model of `sciffusion sample {ckpt.domain}`. Weights: {_weights(ckpt)
 
 {quality_section(run, rows, setting, ours, held, n_held, made)}
 {sweep_section(sweep_rows) if sweep_rows else ''}
-## Measured on
-{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()};
-`python domains/molecules/weights/ship.py {shlex.join(args.argv)}`.
-"""
-    atomic_write_text(Path(args.out) if args.out else model / "MODEL_CARD.md", text)
-    return text
+{measured_on("domains/molecules/weights/ship.py", args.argv)}"""
+    return save_card(text, args.out, model)
 
 
 def _weights(ckpt) -> str:
@@ -242,11 +235,7 @@ def _exported(ckpt) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("card", help="measure the model and write its MODEL_CARD.md")
-    c.add_argument("--model", default=str(TARGET), help="the checkpoint folder (default: the shipped qm9 model)")
-    c.add_argument("--out", default=None, help="where to write the card (default: MODEL_CARD.md in the model folder)")
+    ap, c = card_arguments(__doc__, TARGET, "the QM9 model")
     c.add_argument("--samples", type=int, default=10000, help="samples of the quality section (model's own sampler)")
     c.add_argument("--from", dest="source", default=None,
                    help="score this finished samples folder of the model (made with its defaults) instead of sampling")
