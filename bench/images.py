@@ -7,6 +7,7 @@ network calls for each sampler. Each prints its table and appends it to bench/RE
     python bench/images.py speed [--device cuda] [--seconds 5]                  # images/s, U-Net and DiT
     python bench/images.py calls images --samples 1000 --calls 5 10 20 50       # FID per sampler and call budget
                                                                                  # (heun: n steps are 2n - 1 calls)
+    python bench/images.py sr runs/cell_sr --samples 200 --calls 5 10 20          # SR PSNR/SSIM vs bicubic
 
 The study's arms share the shipped digits network (domains/images/configs/digits.toml: U-Net 32
 channels, mults [1, 2, 2], attention at 4x4 and below), the batch (64), AdamW at 5e-4 with 200
@@ -214,6 +215,47 @@ def study_curve(out: Path, samples: int, calls: int, argv: list[str]) -> None:
     common.append_results("images recipe study: FID over training", "\n".join(header) + "\n\n" + table)
 
 
+def super_resolution(model: str, samples: int, calls: list[int], out: Path, argv: list[str]) -> None:
+    """PSNR / SSIM of a super-resolution model on the held-out split of its data (full-size
+    originals, downsampled by the engine), per call budget, beside bicubic upsampling of the same
+    low-resolution input (SR3's baseline) and against the originals."""
+    import torch
+
+    from sciffusion import api
+    from sciffusion.core.checkpoint import load_checkpoint, resolve
+    from sciffusion.domains.images.dataset import load_examples
+    from sciffusion.domains.images.edits import degrade
+    from sciffusion.domains.images.metrics import psnr, ssim
+    from sciffusion.domains.images.output import write_png
+
+    ckpt = load_checkpoint(resolve(model))
+    f = int(ckpt.data_config["sr_factor"])
+    test = load_examples(ckpt.config["data"], "test")[:samples]
+    originals = out / "originals"
+    originals.mkdir(parents=True, exist_ok=True)
+    for i, e in enumerate(test):
+        write_png(originals / f"{i:05d}.png", e["image"], 8)
+    ref = torch.stack([torch.from_numpy(e["image"]) for e in test]) * 2 - 1
+    ref = torch.round((ref + 1) * 127.5) / 127.5 - 1  # what the 8-bit originals hold
+    bicubic = degrade(ref, f)
+    rows = [["bicubic", "0", f"{psnr(ref, bicubic):.2f}", f"{ssim(ref, bicubic):.3f}", "-"]]
+    for c in calls:
+        folder = out / f"{ckpt.path.parent.parent.name}-{ckpt.path.name}-euler-{c}-n{len(test)}"
+        res = api.sample(str(ckpt.path), folder, seeds=f"0-{len(test) - 1}", progress=False,
+                         overrides=[f"sample.lowres={originals}", f"sample.steps={c}", "sample.sampler=euler"])
+        m = api.evaluate("images", [folder], checkpoint=ckpt.path)
+        seconds = res.seconds if res.generated else json.loads((folder / "run.json").read_text())["seconds"]
+        rows.append([f"SR3 x{f} (euler)", str(c), f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", f"{len(test) / seconds:.0f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    text = common.table(["method", "network calls", "PSNR dB", "SSIM", "images/s"], rows)
+    head = common.run_header("images.py", argv, torch.device("cpu"), [
+        f"model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]}); {len(test)} held-out "
+        f"{ckpt.data_config['height']}x{ckpt.data_config['width']} patches ({ckpt.config['data']['builtin']}), "
+        f"box-downsampled x{f}; PSNR/SSIM against the 8-bit originals, images in [-1, 1]"])
+    print(text)
+    common.append_results("images super-resolution (bench/images.py sr)", "\n".join(head) + "\n\n" + text)
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -238,6 +280,11 @@ def main(argv: list[str]) -> None:
     cl.add_argument("--samples", type=int, default=1000)
     cl.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50])
     cl.add_argument("--out", type=Path, default=Path("runs/images_calls"))
+    sr = sub.add_parser("sr")
+    sr.add_argument("model", help="a super-resolution checkpoint (model.sr_factor > 0)")
+    sr.add_argument("--samples", type=int, default=200)
+    sr.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20])
+    sr.add_argument("--out", type=Path, default=Path("runs/images_sr"))
     a = ap.parse_args(argv)
     common.import_package()
     if a.cmd == "study-train":
@@ -252,6 +299,8 @@ def main(argv: list[str]) -> None:
         speed(torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu")), a.seconds, a.batch, argv)
     elif a.cmd == "calls":
         calls_table(a.model, a.samples, a.calls, a.out, argv)
+    elif a.cmd == "sr":
+        super_resolution(a.model, a.samples, a.calls, a.out, argv)
 
 
 if __name__ == "__main__":

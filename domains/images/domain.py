@@ -248,7 +248,7 @@ class ImagesDomain(Domain):
         return paths
 
     def run_picture(self, files: Sequence[Path], path: Path, cfg: dict, data_config: dict) -> Path | None:
-        """grid.png: the run's first samples, captioned with seed and label (``sample.grid_picture``)."""
+        """grid.png: the run's first samples, captioned "seed: label" (``sample.grid_picture``)."""
         from .output import grid_png
 
         if not cfg["sample"].get("grid_picture", True):
@@ -257,7 +257,7 @@ class ImagesDomain(Domain):
         for f in files:
             obj = self.read(f)
             images.append(obj["image"])
-            captions.append(f"{obj.get('seed', Path(f).stem)}" + (f" {obj['label_name']}" if obj.get("label_name") else ""))
+            captions.append(f"{obj.get('seed', Path(f).stem)}" + (f": {obj['label_name']}" if obj.get("label_name") else ""))
         return grid_png(path, images, captions)
 
     # ------------------------------------------------------------------ evaluation
