@@ -45,3 +45,22 @@ def test_each_sampler_meets_its_call_budget(bench, sampler, tmp_path):
     for calls in (5, 10):
         steps = bench.steps_for(latest_checkpoint(run), over + ["sample.grid=uniform"], calls)
         assert steps == (calls if sampler != "heun" else steps) and steps >= calls // 2
+
+
+def test_the_super_resolution_bench_scores_against_the_originals_and_bicubic(bench, tmp_path, monkeypatch):
+    """bench/images.py sr on a tiny x2 digits model: one row for bicubic and one per call budget,
+    every sample paired with its original (nothing appended to RESULTS.md here)."""
+    from sciffusion import api
+    from sciffusion.core.checkpoint import latest_checkpoint
+
+    monkeypatch.setenv("SCIFFUSION_CACHE", str(tmp_path / "cache"))
+    appended = []
+    monkeypatch.setattr(bench.common, "append_results", lambda section, text: appended.append(text))
+    run = tmp_path / "sr"
+    api.train("images", bench.CONFIG, run, progress=False,
+              overrides=["model.channels=8", "model.mults=[1, 2]", "model.res_blocks=1", "train.steps=2",
+                         "train.batch_size=4", "model.sr_factor=2"])
+    bench.super_resolution(str(latest_checkpoint(run)), 6, [2], tmp_path / "out", [])
+    rows = [ln for ln in appended[0].splitlines() if ln.startswith("| ")]
+    assert rows[1].startswith("| bicubic | 0 |") and rows[2].startswith("| SR3 x2 (euler) | 2 |")
+    assert len(list((tmp_path / "out").glob("*-euler-2-n6/0*.png"))) == 6

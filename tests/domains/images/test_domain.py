@@ -362,3 +362,14 @@ def test_a_failing_run_picture_warns_and_leaves_the_run_complete(digits_run, tmp
         res = api.sample(str(digits_run), out, n=2)
     run = json.loads((out / "run.json").read_text())
     assert res.files == 2 and run["status"] == "complete" and run["picture"] is None and not (out / "grid.png").exists()
+
+
+def test_the_dit_trains_and_samples_from_the_cli(tmp_path):
+    run, out = tmp_path / "dit", tmp_path / "s"
+    res = runner.invoke(app, ["train", "images", "--out", str(run), *TINY, "model.network=dit", "model.hidden=16",
+                              "model.depth=1", "model.heads=2", "train.steps=5", "train.ckpt_every=5"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(latest_checkpoint(run)).config["model"]["network"] == "dit"
+    res = runner.invoke(app, ["sample", str(run), "-n", "3", "--out", str(out), "sample.label=4"])
+    assert res.exit_code == 0, res.output
+    assert _png(out / "00000002.png")[1]["label"] == "4"
