@@ -3,6 +3,7 @@ the DiT (``unet``, ``dit``, ``networks``), editing (``edits``: inpainting, SDEdi
 PNG output and sample grids (``output``), and evaluation on a classifier trained here (``classifier``,
 ``metrics``, ``scoring``). See docs/images.md."""
 
-from .domain import ImagesDomain, to_data, to_model
+from .domain import ImagesDomain
+from .units import to_data, to_model
 
 __all__ = ["ImagesDomain", "to_data", "to_model"]

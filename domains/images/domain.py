@@ -30,23 +30,12 @@ from ...core.io import InputError
 from ...core.seeds import labels_for_seeds
 from ...core.state import State
 from . import edits
+from .units import to_data, to_model
 from .dataset import load_examples
 from .tables import ImagesData, ImagesModel, ImagesSample
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FIELD = "image"
-
-
-def to_model(values: torch.Tensor, data_config: dict) -> torch.Tensor:
-    """Data values to the model's [-1, 1]: 2 (v - lo) / (hi - lo) - 1 with [lo, hi] the data config's range."""
-    lo, hi = (float(v) for v in data_config.get("range", [0.0, 1.0]))
-    return (values - lo) * (2.0 / (hi - lo)) - 1.0
-
-
-def to_data(x: torch.Tensor, data_config: dict) -> torch.Tensor:
-    """The model's [-1, 1] back to data values (the inverse of ``to_model``)."""
-    lo, hi = (float(v) for v in data_config.get("range", [0.0, 1.0]))
-    return lo + (x + 1.0) * (0.5 * (hi - lo))
 
 
 class ImagesDomain(Domain):

@@ -115,7 +115,7 @@ def model_space(path: Path, data_config: dict, *, alpha: str = "drop", max_pixel
     """An image file in the model's units (C, H, W): its channels converted to the model's, its values
     mapped by the model's range. A raw array for a model of 8/16-bit images (or the reverse) is refused."""
     from .data import read_image, to_channels
-    from .domain import to_model
+    from .units import to_model
 
     img = read_image(path, max_pixels=max_pixels, alpha=alpha)
     raw_model, raw_input = int(data_config.get("bit_depth", 8)) == 0, int(img.get("bit_depth", 8)) == 0

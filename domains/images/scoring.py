@@ -90,7 +90,7 @@ def _data_table(data_config: dict) -> dict:
 def reference_set(data_config: dict) -> tuple[torch.Tensor, list[str | None], dict]:
     """The training split the samples are compared with, in [-1, 1], its labels and its data table."""
     from .dataset import load_examples
-    from .domain import to_model
+    from .units import to_model
 
     table = _data_table(data_config)
     examples = load_examples(table, "train")

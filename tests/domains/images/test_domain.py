@@ -151,28 +151,31 @@ def test_sdedit_starts_from_the_image_and_costs_the_grid_below_its_strength(digi
     assert diffs[0.02] < 8 < diffs[0.9]
 
 
-def test_super_resolution_upscales_low_resolution_and_full_size_inputs(tmp_path):
+@pytest.mark.parametrize("factor", [2, 4])
+def test_super_resolution_upscales_low_resolution_and_full_size_inputs(tmp_path, factor):
     run = tmp_path / "sr"
-    api.train("images", None, run, overrides=TINY + ["model.sr_factor=2"], progress=False)
+    api.train("images", None, run, overrides=TINY + [f"model.sr_factor={factor}"], progress=False)
     dc = load_checkpoint(latest_checkpoint(run)).data_config
-    assert dc["sr_factor"] == 2 and dc["label_names"] == []
+    assert dc["sr_factor"] == factor and dc["label_names"] == []
+    low = 8 // factor
     inputs = tmp_path / "in"
     inputs.mkdir()
     _digit_png(inputs / "a_full.png", 0)
     _digit_png(inputs / "b_full.png", 10)
-    Image.fromarray(np.full((4, 4), 200, np.uint8), "L").save(inputs / "c_low.png")
+    Image.fromarray(np.full((low, low), 200, np.uint8), "L").save(inputs / "c_low.png")
     out = tmp_path / "up"
-    api.sample(str(run), out, n=3, overrides=[f"sample.lowres={inputs}"])
+    res = runner.invoke(app, ["sample", str(run), "-n", "3", "--out", str(out), f"sample.lowres={inputs}"])
+    assert res.exit_code == 0, res.output
     metas = [_png(out / f"{s:08d}.png") for s in range(3)]
     assert all(px.shape == (8, 8) for px, _ in metas)
     assert [("original" in m) for _, m in metas] == [True, True, False]
-    assert metas[0][1]["edit"] == "super_resolution_x2"
+    assert metas[0][1]["edit"] == f"super_resolution_x{factor}"
     m = api.evaluate("images", [out], checkpoint=run)
     assert m["paired"] == 2 and np.isfinite(m["psnr"])
     with pytest.raises(InputError, match="super-resolution model: set sample.lowres"):
         api.sample(str(run), tmp_path / "none", n=1)
     Image.fromarray(np.zeros((5, 5), np.uint8), "L").save(tmp_path / "odd.png")
-    with pytest.raises(InputError, match=r"odd\.png: 5 x 5 pixels; this x2 model upscales 4 x 4"):
+    with pytest.raises(InputError, match=rf"odd\.png: 5 x 5 pixels; this x{factor} model upscales {low} x {low}"):
         api.sample(str(run), tmp_path / "odd", n=1, overrides=[f"sample.lowres={tmp_path / 'odd.png'}"])
 
 
