@@ -7,7 +7,7 @@ network calls for each sampler. Each prints its table and appends it to bench/RE
     python bench/images.py speed [--device cuda] [--seconds 5]                  # images/s, U-Net and DiT
     python bench/images.py calls images --samples 1000 --calls 5 10 20 50       # FID per sampler and call budget
                                                                                  # (heun: n steps are 2n - 1 calls)
-    python bench/images.py sr runs/cell_sr --samples 200 --calls 5 10 20          # SR PSNR/SSIM vs bicubic
+    python bench/images.py sr runs/hubble_sr --samples 200 --calls 1 2 5 10       # SR PSNR/SSIM vs bicubic
 
 The study's arms share the shipped digits network (domains/images/configs/digits.toml: U-Net 32
 channels, mults [1, 2, 2], attention at 4x4 and below), the batch (64), AdamW at 5e-4 with 200
@@ -117,8 +117,8 @@ def study_report(out: Path, samples: int, calls: list[int], argv: list[str]) -> 
     text = common.table(["arm", "steps", "train min", "sampler", "calls", "FID", "precision", "recall", "accuracy %"],
                         rows)
     notes = "\n".join(f"- {arm}: {what}" for arm, (what, _, _) in ARMS.items())
-    header = common.run_header("images.py", argv, torch.device("cpu"), [f"samples per cell: {samples} (seeds 0..{samples - 1})",
-                                                                "FID etc. on the features of the digits classifier trained "
+    header = common.run_header("images.py", argv, torch.device("cpu"), [f"- samples per cell: {samples} (seeds 0..{samples - 1})",
+                                                                "- FID etc. on the features of the digits classifier trained "
                                                                 "here, against the 1,617 training digits"])
     print(text)
     common.append_results("images recipe study at equal compute", "\n".join(header) + "\n\n" + text + "\n\n" + notes)
@@ -187,11 +187,11 @@ def calls_table(model: str, samples: int, calls: list[int], out: Path, argv: lis
         for c in calls:
             r = fid_row(Path(ckpt.path), over + ["sample.grid=uniform"], c, samples, out)
             rows.append([name, str(r["calls"]), f"{r['fid']:.2f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}",
-                         f"{100 * r['accuracy']:.1f}", f"{samples / r['seconds']:.0f}"])
+                         f"{100 * r['accuracy']:.1f}"])
             print(" | ".join(rows[-1]), flush=True)
-    text = common.table(["sampler", "calls", "FID", "precision", "recall", "accuracy %", "images/s"], rows)
-    head = common.run_header("images.py", argv, torch.device("cpu"), [f"model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]})",
-                                                        f"samples per cell: {samples}, uniform time grid"])
+    text = common.table(["sampler", "calls", "FID", "precision", "recall", "accuracy %"], rows)
+    head = common.run_header("images.py", argv, torch.device("cpu"), [f"- model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]})",
+                                                        f"- samples per cell: {samples}, uniform time grid"])
     print(text)
     common.append_results("images FID against network calls (bench/images.py calls)", "\n".join(head) + "\n\n" + text)
 
@@ -209,7 +209,7 @@ def study_curve(out: Path, samples: int, calls: int, argv: list[str]) -> None:
             print(f"{arm} step {step}: FID {rows[step][arm]:.2f}", flush=True)
     table = common.table(["step"] + [f"{a} FID" for a in arms],
                          [[str(s)] + [f"{rows[s].get(a, float('nan')):.2f}" for a in arms] for s in sorted(rows)])
-    header = common.run_header("images.py", argv, torch.device("cpu"), [f"samples per cell: {samples}, {calls} network "
+    header = common.run_header("images.py", argv, torch.device("cpu"), [f"- samples per cell: {samples}, {calls} network "
                                                                         "calls, each arm with its own sampler"])
     print(table)
     common.append_results("images recipe study: FID over training", "\n".join(header) + "\n\n" + table)
@@ -249,7 +249,7 @@ def super_resolution(model: str, samples: int, calls: list[int], out: Path, argv
         print(" | ".join(rows[-1]), flush=True)
     text = common.table(["method", "network calls", "PSNR dB", "SSIM", "images/s"], rows)
     head = common.run_header("images.py", argv, torch.device("cpu"), [
-        f"model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]}); {len(test)} held-out "
+        f"- model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]}); {len(test)} held-out "
         f"{ckpt.data_config['height']}x{ckpt.data_config['width']} patches ({ckpt.config['data']['builtin']}), "
         f"box-downsampled x{f}; PSNR/SSIM against the 8-bit originals, images in [-1, 1]"])
     print(text)

@@ -58,7 +58,7 @@ class ImagesDomain(Domain):
             "train": {"batch_size": 64, "lr": 5e-4, "steps": 20000, "warmup_steps": 200, "decay": "cosine",
                       "min_lr_ratio": 0.1, "ema_decay": 0.999, "grad_clip": 1.0, "bf16": False, "ckpt_every": 1000,
                       "log_every": 100},
-            "sample": {"sampler": "euler", "grid": "uniform", "steps": 20, "batch_size": 256},
+            "sample": {"sampler": "dpmpp_2m", "grid": "uniform", "steps": 10, "batch_size": 256},
         }
 
     # ------------------------------------------------------------------ data

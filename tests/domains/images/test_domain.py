@@ -130,7 +130,7 @@ def test_inpainting_with_a_mask_image_regenerates_only_its_nonzero_pixels(digits
     mask[:, :3] = 255
     Image.fromarray(mask, "L").save(tmp_path / "mask.png")
     out = tmp_path / "inp"
-    res = runner.invoke(app, ["sample", str(digits_run), "-n", "2", "--out", str(out), "--guidance", "2",
+    res = runner.invoke(app, ["sample", str(digits_run), "-n", "2", "--out", str(out), "--guidance", "2", "sample.label=7",
                               f"sample.inpaint={tmp_path / 'orig.png'}", f"sample.mask={tmp_path / 'mask.png'}"])
     assert res.exit_code == 0, res.output
     for f in sorted(out.glob("0*.png")):
