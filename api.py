@@ -3,6 +3,7 @@
     sciffusion.domains()                      installed domains
     sciffusion.train(domain, config, out)     train a model (sciffusion.core.train)
     sciffusion.sample(model, out, n=...)      resumable batch generation (sciffusion.core.generate)
+    sciffusion.generate(model, n=...)         samples in memory: tensors and domain objects, no files
     sciffusion.sample_config(model, ...)      the config a sample run would use
     sciffusion.evaluate(domain, paths)        score files written by sciffusion or any other tool
     sciffusion.info(checkpoint)               what a checkpoint holds
@@ -72,6 +73,15 @@ def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: s
     return generate.sample(model, out, n=n, seeds=seeds, batch_size=batch_size, sampler=sampler, steps=steps,
                            grid=grid, guidance=guidance, overrides=overrides, device=device, progress=progress,
                            overwrite=overwrite)
+
+
+def generate(model: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
+             overrides: Sequence[str] = (), device: str | None = None):
+    """Samples in memory (tensors in ``.x0``, domain objects in ``.objects``), no files; see
+    ``sciffusion.core.generate.generate``."""
+    from .core import generate as _generate
+
+    return _generate.generate(model, n=n, seeds=seeds, overrides=overrides, device=device)
 
 
 def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: str | None = None,

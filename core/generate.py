@@ -67,7 +67,7 @@ from .sampling import SampleSpec, generate_batch, guidance_null
 from .seeds import parse_seeds, shard_seeds
 from .version import __version__
 
-__all__ = ["sample", "SampleResult", "sample_config", "parse_seeds", "shard_seeds", "FORMAT"]
+__all__ = ["sample", "SampleResult", "sample_config", "generate", "Generated", "parse_seeds", "shard_seeds", "FORMAT"]
 
 
 @dataclass
@@ -140,6 +140,40 @@ def _resolve_config(domain: Domain, ckpt: Checkpoint, explicit: dict, overrides:
     given = [f"sample.{k}={json.dumps(v)}" for k, v in explicit.items() if v is not None]
     return resolve_config(domain, None, given + list(overrides), base=stored,
                           base_name=str(ckpt.path / "checkpoint.json"))
+
+
+@dataclass
+class Generated:
+    """Samples made in memory: the sampler's states (tensors; ``x0[field]``), their condition per
+    batch, the domain's objects (what ``decode`` gives), the seeds, and the network calls a sample took."""
+
+    x0: "State"
+    conds: list
+    objects: list
+    seeds: list[int]
+    network_calls: int
+
+
+def generate(model: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
+             overrides: Sequence[str] = (), device: str | None = None) -> Generated:
+    """Sample without writing files, through the same path as :func:`sample` (a sample is the same
+    as the file ``sample`` writes for its seed, up to the file format's precision)."""
+    from .state import State
+
+    seed_list = parse_seeds(n, seeds)
+    domain, ckpt = _load_model(model)
+    cfg = _resolve_config(domain, ckpt, {}, list(overrides))
+    domain.check_sample(cfg, ckpt.data_config)
+    gen = _Generator(domain, cfg, ckpt, pick_device(device, 0), Path("."), "")
+    states, conds, objects, calls = [], [], [], 0
+    with torch.inference_mode():
+        for a in range(0, len(seed_list), gen.batch_size):
+            made = gen.launch(seed_list[a:a + gen.batch_size])
+            states.append(made.x0)
+            conds.append(made.cond)
+            objects.extend(domain.decode(made.x0, made.cond, ckpt.data_config))
+            calls = max(calls, int(made.network_calls))
+    return Generated(State.concat(states), conds, objects, seed_list, calls)
 
 
 def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: str | None = None,
