@@ -218,40 +218,21 @@ def study_curve(out: Path, samples: int, calls: int, argv: list[str]) -> None:
 def super_resolution(model: str, samples: int, calls: list[int], out: Path, argv: list[str]) -> None:
     """PSNR / SSIM of a super-resolution model on the held-out split of its data (full-size
     originals, downsampled by the engine), per call budget, beside bicubic upsampling of the same
-    low-resolution input (SR3's baseline) and against the originals."""
+    low-resolution input (SR3's baseline): ``scoring.super_resolution_scores``."""
     import torch
 
-    from sciffusion import api
     from sciffusion.core.checkpoint import load_checkpoint, resolve
-    from sciffusion.domains.images.dataset import load_examples
-    from sciffusion.domains.images.edits import degrade
-    from sciffusion.domains.images.metrics import psnr, ssim
-    from sciffusion.domains.images.output import write_png
+    from sciffusion.domains.images.scoring import super_resolution_scores
 
     ckpt = load_checkpoint(resolve(model))
-    f = int(ckpt.data_config["sr_factor"])
-    test = load_examples(ckpt.config["data"], "test")[:samples]
-    originals = out / "originals"
-    originals.mkdir(parents=True, exist_ok=True)
-    for i, e in enumerate(test):
-        write_png(originals / f"{i:05d}.png", e["image"], 8)
-    ref = torch.stack([torch.from_numpy(e["image"]) for e in test]) * 2 - 1
-    ref = torch.round((ref + 1) * 127.5) / 127.5 - 1  # what the 8-bit originals hold
-    bicubic = degrade(ref, f)
-    rows = [["bicubic", "0", f"{psnr(ref, bicubic):.2f}", f"{ssim(ref, bicubic):.3f}", "-"]]
-    for c in calls:
-        folder = out / f"{ckpt.path.parent.parent.name}-{ckpt.path.name}-euler-{c}-n{len(test)}"
-        res = api.sample(str(ckpt.path), folder, seeds=f"0-{len(test) - 1}", progress=False,
-                         overrides=[f"sample.lowres={originals}", f"sample.steps={c}", "sample.sampler=euler"])
-        m = api.evaluate("images", [folder], checkpoint=ckpt.path)
-        seconds = res.seconds if res.generated else json.loads((folder / "run.json").read_text())["seconds"]
-        rows.append([f"SR3 x{f} (euler)", str(c), f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", f"{len(test) / seconds:.0f}"])
-        print(" | ".join(rows[-1]), flush=True)
+    got, n = super_resolution_scores(ckpt.path, samples, calls, out)
+    rows = [[r["method"], str(r["calls"]), f"{r['psnr']:.2f}", f"{r['ssim']:.3f}",
+             "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"] for r in got]
     text = common.table(["method", "network calls", "PSNR dB", "SSIM", "images/s"], rows)
     head = common.run_header("images.py", argv, torch.device("cpu"), [
-        f"- model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]}); {len(test)} held-out "
+        f"- model: {ckpt.path} (step {ckpt.step}, hash {ckpt.hash[:16]}); {n} held-out "
         f"{ckpt.data_config['height']}x{ckpt.data_config['width']} patches ({ckpt.config['data']['builtin']}), "
-        f"box-downsampled x{f}; PSNR/SSIM against the 8-bit originals, images in [-1, 1]"])
+        f"box-downsampled x{ckpt.data_config['sr_factor']}; PSNR/SSIM against the 8-bit originals, images in [-1, 1]"])
     print(text)
     common.append_results("images super-resolution (bench/images.py sr)", "\n".join(head) + "\n\n" + text)
 

@@ -160,7 +160,8 @@ def save_card(text: str, out: str | None, model: Path) -> str:
 
 
 def card_arguments(doc: str, model: Path, what: str):
-    """A card script's parser and its ``card`` sub-command with ``--model`` (default ``model``) and ``--out``."""
+    """A card script's parser, its sub-commands and the ``card`` sub-command with ``--model`` (default
+    ``model``) and ``--out``."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,4 +169,4 @@ def card_arguments(doc: str, model: Path, what: str):
     c = sub.add_parser("card", help=f"measure {what} and write its MODEL_CARD.md")
     c.add_argument("--model", default=str(model), help=f"the checkpoint folder (default: {model.name})")
     c.add_argument("--out", default=None, help="where to write the card (default: MODEL_CARD.md in the model folder)")
-    return ap, c
+    return ap, sub, c

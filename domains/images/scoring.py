@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ...core.io import InputError
+from ...core.io import InputError, cache_dir
 
-__all__ = ["score", "reference_set", "evaluation_classifier", "CLASSIFIER_STEPS"]
+__all__ = ["score", "reference_set", "evaluation_classifier", "super_resolution_scores", "CLASSIFIER_STEPS"]
 
 CLASSIFIER_STEPS = 1000  # training steps of the evaluation classifier (digits: about 7 s on one thread)
 
@@ -110,8 +109,7 @@ def _fingerprint(table: dict) -> dict:
 
 def _cache_folder(key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    root = os.environ.get("SCIFFUSION_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "sciffusion") / "images" / f"classifier-{digest}"
+    return cache_dir("images", f"classifier-{digest}")
 
 
 def evaluation_classifier(ref: torch.Tensor, labels: Sequence[str | None], table: dict):
@@ -174,3 +172,38 @@ def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | 
     out.update({k: float(v) for k, v in res.items() if k != "n"})
     out["classifier"] = 1.0
     return out
+
+
+def super_resolution_scores(model: Path, samples: int, calls: Sequence[int], work: Path) -> tuple[list[dict], int]:
+    """PSNR / SSIM of a super-resolution model on the first ``samples`` images of its data's held-out
+    split, written as 8-bit originals that the model downsamples itself, at each of ``calls`` Euler
+    steps, after a first row for bicubic upsampling of the same input (SR3's baseline); and the
+    count of images. Rows: method, calls, psnr, ssim, images_per_s (None for bicubic)."""
+    from ... import api
+    from ...core.checkpoint import load_checkpoint, resolve
+    from .dataset import load_examples
+    from .edits import degrade
+    from .metrics import psnr, ssim
+    from .output import write_png
+
+    ckpt = load_checkpoint(resolve(model))
+    f = int(ckpt.data_config.get("sr_factor", 0))
+    if not f:
+        raise InputError(f"{ckpt.path}: not a super-resolution model (model.sr_factor = 0)")
+    test = load_examples(ckpt.config["data"], "test")[:samples]
+    originals = work / "originals"
+    originals.mkdir(parents=True, exist_ok=True)
+    for i, e in enumerate(test):
+        write_png(originals / f"{i:05d}.png", e["image"], 8)
+    ref = torch.round(torch.stack([torch.from_numpy(e["image"]) for e in test]) * 255) / 127.5 - 1  # the 8-bit files
+    bicubic = degrade(ref, f)
+    rows = [{"method": "bicubic", "calls": 0, "psnr": psnr(ref, bicubic), "ssim": ssim(ref, bicubic), "images_per_s": None}]
+    for c in calls:
+        folder = work / f"{ckpt.hash[:12]}-euler-{c}-n{len(test)}"
+        res = api.sample(str(ckpt.path), folder, seeds=f"0-{len(test) - 1}", progress=False,
+                         overrides=[f"sample.lowres={originals}", f"sample.steps={c}", "sample.sampler=euler"])
+        m = api.evaluate("images", [folder], checkpoint=ckpt.path)
+        seconds = res.seconds if res.generated else json.loads((folder / "run.json").read_text())["seconds"]
+        rows.append({"method": f"SR3 x{f} (euler)", "calls": c, "psnr": m["psnr"], "ssim": m["ssim"],
+                     "images_per_s": len(test) / seconds})
+    return rows, len(test)

@@ -2,6 +2,8 @@
 
     sciffusion export runs/digits --out domains/images/weights/digits --replace
     python domains/images/weights/ship.py card --samples 2000 --log runs/digits/log.jsonl
+    sciffusion export runs/hubble_sr --out domains/images/weights/hubble_sr --replace
+    python domains/images/weights/ship.py sr-card --samples 200 --log runs/hubble_sr/log.jsonl
 
 Every fact of the card comes from the checkpoint (config, data facts, step, hashes, weights), the
 training run's log (``--log``: sessions, processes, time, losses), the samples folders' run.json and
@@ -25,6 +27,7 @@ from sciffusion.core.provenance import (CardError, card_arguments, config_overri
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "digits"
+SR_TARGET = HERE / "hubble_sr"
 KEYS = [("FID", "fid", ".2f"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
         ("Inception Score", "is", ".2f"), ("accuracy of the asked label", "accuracy", ".3f")]
 
@@ -172,18 +175,65 @@ with classifier-free guidance (null label dropout {ckpt.config['objective']['con
     return save_card(text, args.out, model)
 
 
+def write_sr_card(args) -> str:
+    """The card of the super-resolution model: its data, training and PSNR / SSIM per call budget."""
+    from sciffusion.core.checkpoint import load_checkpoint
+    from sciffusion.domains.images.dataset import describe
+    from sciffusion.domains.images.scoring import super_resolution_scores
+
+    model = Path(args.model)
+    ckpt = load_checkpoint(model)
+    records = training_records(Path(args.log), ckpt) if args.log else None
+    dc, data = ckpt.data_config, ckpt.config["data"]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, n = super_resolution_scores(model, args.samples, args.calls, Path(tmp))
+    table = "\n".join(f"| {r['method']} | {r['calls']} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                      f"{'-' if r['images_per_s'] is None else format(r['images_per_s'], '.0f')} |" for r in rows)
+    n_params = sum(v.numel() for v in ckpt.weights().values())
+    text = f"""# Shipped model: `images` / x{dc['sr_factor']} super-resolution of {data['builtin']} patches ({ckpt.config['model']['network']})
+
+SR3-style super-resolution (the low-resolution image, upsampled bicubically, concatenated to the network's
+input). Weights: EMA of step {ckpt.step:,} (safetensors, {n_params:,} parameters), hash `{ckpt.hash[:16]}`.
+Use: `sciffusion sample {model} --seeds 0-99 --out sharp/ sample.lowres=FOLDER` (low-resolution
+{dc['height'] // dc['sr_factor']} x {dc['width'] // dc['sr_factor']} images, or {dc['height']} x {dc['width']} originals that it downsamples first).
+
+## Data
+{describe(data)}: {dc['examples']:,} training patches ({dc['channels']} channels, {dc['height']} x {dc['width']}) cut from the
+rows above the held-out bottom 1/{data['split_every']} of the picture; the pairs are each patch and its x{dc['sr_factor']} box-downsampled copy.
+
+## Training
+{training_section(ckpt, records, Path(args.log) if args.log else None)}
+
+## Quality ({n} held-out patches, never seen in training)
+PSNR and SSIM (images in [-1, 1], `sciffusion evaluate images`) against the 8-bit originals, after the model
+downsampled each original x{dc['sr_factor']} and upscaled it again; bicubic upsampling of the same input for comparison.
+
+| method | network calls | PSNR dB | SSIM | images/s |
+|---|---|---|---|---|
+{table}
+
+{measured_on("domains/images/weights/ship.py", args.argv)}"""
+    return save_card(text, args.out, model)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap, c = card_arguments(__doc__, TARGET, "the digits model")
+    ap, sub, c = card_arguments(__doc__, TARGET, "the digits model")
     c.add_argument("--samples", type=int, default=2000, help="samples of the quality section (the model's defaults)")
     c.add_argument("--log", default=None, help="the training run's log.jsonl (or run folder)")
     c.add_argument("--calls", type=int, nargs="+", default=[5, 10, 20, 50], help="network-call budgets of the sweep")
     c.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0], help="guidance weights of the sweep")
     c.add_argument("--sweep-samples", type=int, default=1000, help="samples per sweep row")
     c.add_argument("--inpaint-samples", type=int, default=180, help="held-out digits inpainted")
+    r = sub.add_parser("sr-card", help="measure the super-resolution model and write its MODEL_CARD.md")
+    r.add_argument("--model", default=str(SR_TARGET), help="the checkpoint folder (default: hubble_sr)")
+    r.add_argument("--out", default=None, help="where to write the card (default: MODEL_CARD.md in the model folder)")
+    r.add_argument("--samples", type=int, default=200, help="held-out patches upscaled")
+    r.add_argument("--calls", type=int, nargs="+", default=[1, 2, 5, 10], help="Euler steps (network calls)")
+    r.add_argument("--log", default=None, help="the training run's log.jsonl (or run folder)")
     args = ap.parse_args(argv)
     args.argv = argv
-    print_card(write_card, args)
+    print_card(write_sr_card if args.cmd == "sr-card" else write_card, args)
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def _exported(ckpt) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap, c = card_arguments(__doc__, TARGET, "the QM9 model")
+    ap, _, c = card_arguments(__doc__, TARGET, "the QM9 model")
     c.add_argument("--samples", type=int, default=10000, help="samples of the quality section (model's own sampler)")
     c.add_argument("--from", dest="source", default=None,
                    help="score this finished samples folder of the model (made with its defaults) instead of sampling")
