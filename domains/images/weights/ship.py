@@ -136,9 +136,11 @@ def training_section(ckpt, records, log: Path | None) -> str:
     history = (f"From the run's log (`{log}`): {training_history(records)}\nTraining loss: {loss_curve(records)}."
                if records is not None else "No training log was given (`--log`): sessions and losses are not known here.")
     command = shlex.join(["sciffusion", "train", "images", *config_overrides(get_domain("images"), cfg)])
+    dropout = (f", condition dropout {o['condition_dropout']}" if ckpt.data_config.get("label_names")
+               else " (unconditional: no labels)")
     return f"""{history}
 Network: {m['network']}, channels {m['channels']}, mults {m['mults']}, res_blocks {m['res_blocks']}, attention at sides <= {m['attention_res']}, heads {m['heads']}.
-Process: {', '.join(f'{k} {v}' for k, v in p.items())}; objective: prediction {o['prediction']}, condition dropout {o['condition_dropout']}.
+Process: {', '.join(f'{k} {v}' for k, v in p.items())}; objective: prediction {o['prediction']}{dropout}.
 Optimisation: batch {t['batch_size']}, AdamW lr {t['lr']}, {t['warmup_steps']} warm-up steps, decay {t['decay']} to {t['min_lr_ratio']} x lr, EMA {t['ema_decay']}, grad_clip {t['grad_clip']}; step {ckpt.step:,}.
 The checkpoint's config, as a command (defaults of today's `images` domain left out): `{command}`"""
 
