@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["timestep_embedding", "label_indices", "conditioning_vector", "group_count", "ResBlock"]
+__all__ = ["timestep_embedding", "label_indices", "conditioning_vector", "group_count", "ResBlock", "build_unet_levels"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -94,3 +94,33 @@ class ResBlock(nn.Module):
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
+
+
+def build_unet_levels(net: nn.Module, channels: int, mults, res_blocks: int, block, conv, mid) -> int:
+    """Give ``net`` a U-Net's levels: ``down[i]`` holds ``res_blocks`` blocks ``block(cin, cout, i)`` of
+    width ``channels * mults[i]``, with a stride-2 ``conv`` between levels (``downsample``); ``mid``
+    = ``mid(ch)``; ``up[j]`` holds ``res_blocks + 1`` blocks over the concatenated skips, each level
+    but the last followed by a ``conv`` after nearest upsampling (``upsample``). The last width."""
+    widths = [channels * m for m in mults]
+    net.down, net.downsample, net.up, net.upsample = (nn.ModuleList() for _ in range(4))
+    skips, ch = [channels], channels
+    for i, w in enumerate(widths):
+        blocks = nn.ModuleList()
+        for _ in range(res_blocks):
+            blocks.append(block(ch, w, i))
+            ch = w
+            skips.append(ch)
+        net.down.append(blocks)
+        if i < len(widths) - 1:
+            net.downsample.append(conv(ch, ch, 3, stride=2, padding=1))
+            skips.append(ch)
+    net.mid = mid(ch)
+    for i, w in reversed(list(enumerate(widths))):
+        blocks = nn.ModuleList()
+        for _ in range(res_blocks + 1):
+            blocks.append(block(ch + skips.pop(), w, i))
+            ch = w
+        net.up.append(blocks)
+        if i > 0:
+            net.upsample.append(conv(ch, ch, 3, padding=1))
+    return ch

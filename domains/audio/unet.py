@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.layers import ResBlock, conditioning_vector, group_count, label_indices, timestep_embedding
+from ...core.layers import (ResBlock, build_unet_levels, conditioning_vector, group_count, label_indices,
+                            timestep_embedding)
 from ...core.state import State
 
 __all__ = ["MelUNet", "MelUNet1d", "build_unet", "build_unet1d", "timestep_embedding"]
@@ -48,28 +49,11 @@ class MelUNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(self.temb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(self.num_classes + 1, emb_dim) if self.num_classes > 0 else None
         self.conv_in = conv(data_channels, channels, 3, padding=1)
-        widths = [channels * m for m in mults]
-        self.down, self.downsample, self.up, self.upsample = (nn.ModuleList() for _ in range(4))
-        skips, ch = [channels], channels
-        for i, w in enumerate(widths):
-            blocks = nn.ModuleList()
-            for _ in range(res_blocks):
-                blocks.append(ResBlock(ch, w, emb_dim, dropout, dims))
-                ch = w
-                skips.append(ch)
-            self.down.append(blocks)
-            if i < len(widths) - 1:
-                self.downsample.append(conv(ch, ch, 3, stride=2, padding=1))
-                skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, dims), ResBlock(ch, ch, emb_dim, dropout, dims)])
-        for i, w in reversed(list(enumerate(widths))):
-            blocks = nn.ModuleList()
-            for _ in range(res_blocks + 1):
-                blocks.append(ResBlock(ch + skips.pop(), w, emb_dim, dropout, dims))
-                ch = w
-            self.up.append(blocks)
-            if i > 0:
-                self.upsample.append(conv(ch, ch, 3, padding=1))
+        def res(cin: int, cout: int, level: int = 0) -> ResBlock:
+            return ResBlock(cin, cout, emb_dim, dropout, dims)
+
+        ch = build_unet_levels(self, channels, mults, res_blocks, res, conv,
+                               lambda ch: nn.ModuleList([res(ch, ch), res(ch, ch)]))
         self.norm_out = nn.GroupNorm(group_count(ch), ch)
         self.conv_out = conv(ch, data_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.layers import ResBlock, conditioning_vector, group_count, label_indices
+from ...core.layers import ResBlock, build_unet_levels, conditioning_vector, group_count, label_indices
 from ...core.state import State
 
 __all__ = ["ImageUNet", "SelfAttention2d", "attention_levels"]
@@ -155,29 +155,12 @@ class ImageUNet(ImageConditioning):
                 mods.append(SelfAttention2d(cout, heads, dropout))
             return nn.ModuleList(mods)
 
-        widths = [channels * m for m in mults]
-        self.down, self.downsample, self.up, self.upsample = (nn.ModuleList() for _ in range(4))
-        skips, ch = [channels], channels
-        for i, w in enumerate(widths):
-            blocks = nn.ModuleList()
-            for _ in range(res_blocks):
-                blocks.append(block(ch, w, self.attention[i]))
-                ch = w
-                skips.append(ch)
-            self.down.append(blocks)
-            if i < self.levels - 1:
-                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-                skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), SelfAttention2d(ch, heads, dropout),
+        def middle(ch: int) -> nn.ModuleList:
+            return nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), SelfAttention2d(ch, heads, dropout),
                                   ResBlock(ch, ch, emb_dim, dropout)])
-        for i, w in reversed(list(enumerate(widths))):
-            blocks = nn.ModuleList()
-            for _ in range(res_blocks + 1):
-                blocks.append(block(ch + skips.pop(), w, self.attention[i]))
-                ch = w
-            self.up.append(blocks)
-            if i > 0:
-                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+
+        ch = build_unet_levels(self, channels, mults, res_blocks,
+                               lambda cin, cout, level: block(cin, cout, self.attention[level]), nn.Conv2d, middle)
         self.norm_out = nn.GroupNorm(group_count(ch), ch)
         self.conv_out = nn.Conv2d(ch, self.channels_in, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
