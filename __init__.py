@@ -8,7 +8,7 @@ The public functions (``train``, ``sample``, ``generate``, ``evaluate``, ``info`
 
 from .core.version import __version__
 
-_API = ("domains", "config", "train", "sample", "generate", "sample_config", "evaluate", "info", "export", "env")
+_API = ("domains", "config", "train", "sample", "generate", "verify", "sample_config", "evaluate", "info", "export", "env")
 
 
 def __getattr__(name):  # lazy: `import sciffusion` stays cheap

@@ -4,6 +4,7 @@
     sciffusion.train(domain, config, out)     train a model (sciffusion.core.train)
     sciffusion.sample(model, out, n=...)      resumable batch generation (sciffusion.core.generate)
     sciffusion.generate(model, n=...)         samples in memory: tensors and domain objects, no files
+    sciffusion.verify(model, out, n=...)      which seeds of a sample run are missing or damaged
     sciffusion.sample_config(model, ...)      the config a sample run would use
     sciffusion.evaluate(domain, paths)        score files written by sciffusion or any other tool
     sciffusion.info(checkpoint)               what a checkpoint holds
@@ -63,7 +64,8 @@ def train(domain: str | Domain, config: dict | str | Path | None = None, out: st
 def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
            batch_size: int | None = None, sampler: str | None = None, steps: int | None = None,
            grid: str | None = None, guidance: float | None = None, overrides: Sequence[str] = (),
-           device: str | None = None, progress: bool | None = None, overwrite: bool = False):
+           device: str | None = None, progress: bool | None = None, overwrite: bool = False,
+           part: str | None = None):
     """Generate one file per seed into ``out`` (resumable); see ``sciffusion.core.generate.sample``.
     ``model``: a checkpoint, a run folder or a domain name (its shipped model); ``n`` (seeds
     0..n-1) or ``seeds`` ("0-9999", "5,7,9", a list); the keyword options and ``overrides``
@@ -72,7 +74,16 @@ def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: s
 
     return generate.sample(model, out, n=n, seeds=seeds, batch_size=batch_size, sampler=sampler, steps=steps,
                            grid=grid, guidance=guidance, overrides=overrides, device=device, progress=progress,
-                           overwrite=overwrite)
+                           overwrite=overwrite, part=part)
+
+
+def verify(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
+           overrides: Sequence[str] = ()) -> dict:
+    """Which seeds of a ``sample`` run are missing or damaged in ``out`` (read-only); see
+    ``sciffusion.core.generate.verify``."""
+    from .core import generate
+
+    return generate.verify(model, out, n=n, seeds=seeds, overrides=overrides)
 
 
 def generate(model: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,

@@ -153,6 +153,10 @@ def sample(
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear OUT first instead of resuming."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress"),
+    part: Optional[str] = typer.Option(None, "--part", help="K/N: generate only part K (0..N-1) of N independent "
+                                                            "jobs writing into OUT (a job array)."),
+    verify: bool = typer.Option(False, "--verify", help="Report which seeds are missing or damaged in OUT "
+                                                        "(exit 1 if any) and generate nothing."),
 ):
     """Generate samples in shards with a manifest; run the same command again to resume."""
     from .. import api
@@ -167,7 +171,18 @@ def sample(
         keep = ("batch_size", "sampler", "steps", "grid", "guidance", "overrides")
         typer.echo(dump_toml(_run(api.sample_config, model, **{k: kwargs[k] for k in keep})), nl=False)
         return
-    result = _run(api.sample, model, out, overwrite=overwrite, **kwargs)
+    if verify:
+        state = _run(api.verify, model, out, n=n, seeds=seeds, overrides=overrides or [])
+        if state["missing"]:
+            shown = ", ".join(map(str, state["missing"][:20])) + (", ..." if len(state["missing"]) > 20 else "")
+            typer.echo(f"error: {out}: {len(state['missing'])} of {state['seeds']} seeds missing or damaged "
+                       f"(shards {state['incomplete_shards'][:20]}): {shown}; run the same command (or its part) "
+                       "again to repair them", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out}: all {state['seeds']} seeds intact in {state['shards']} shards"
+                   + ("" if state["manifest"] else "; the manifest is not written yet (run any part once more)"))
+        return
+    result = _run(api.sample, model, out, overwrite=overwrite, part=part, **kwargs)
     typer.echo(f"{result.files} samples in {result.out} ({result.generated} generated now, {result.skipped} already there; "
                f"{result.network_calls} network calls per sample); manifest {result.manifest}")
 

@@ -57,17 +57,18 @@ from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoi
 from .checkpoint import resolve as resolve_checkpoint
 from .config import config_hash
 from .distributed import Distributed, pick_device
+from .state import State
 from .domain import RUN_PICTURE_SAMPLES, Domain, denoiser_from_checkpoint, resolve_config
 from .io import InputError, atomic_write_json, atomic_write_text, sha256_json
 from .progress import Progress
 from .registry import UnknownDomainError, available, get_domain, provider
 from .sample_folder import (FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, RUN_PICTURE, file_check, part_name, prepare,
-                            write_manifest)
+                            shard_state, write_manifest)
 from .sampling import SampleSpec, generate_batch, guidance_null
 from .seeds import parse_seeds, shard_seeds
 from .version import __version__
 
-__all__ = ["sample", "SampleResult", "sample_config", "generate", "Generated", "parse_seeds", "shard_seeds", "FORMAT"]
+__all__ = ["sample", "SampleResult", "sample_config", "generate", "Generated", "verify", "parse_part", "parse_seeds", "shard_seeds", "FORMAT"]
 
 
 @dataclass
@@ -142,12 +143,34 @@ def _resolve_config(domain: Domain, ckpt: Checkpoint, explicit: dict, overrides:
                           base_name=str(ckpt.path / "checkpoint.json"))
 
 
+def verify(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
+           overrides: Sequence[str] = ()) -> dict:
+    """Read-only: which of a run's seeds are missing or damaged in ``out`` (the same command's model,
+    seeds and sampling config; nothing is generated or removed). Rerunning ``sample`` (or the part
+    that holds them) repairs them."""
+    out = Path(out)
+    seed_list = parse_seeds(n, seeds)
+    domain, ckpt = _load_model(model)
+    cfg = _resolve_config(domain, ckpt, {}, list(overrides))
+    shards = shard_seeds(seed_list, int(cfg["sample"]["shard_size"]))
+    if not out.is_dir():
+        raise InputError(f"{out}: no such folder")
+    run = json.loads((out / RUN).read_text()) if (out / RUN).is_file() else {}
+    if run and (run.get("checkpoint_hash") != ckpt.hash or run.get("config_hash") != samples_config_hash(cfg)):
+        raise InputError(f"{out}: holds samples of another checkpoint or config than this command's")
+    state = shard_state(out, shards)
+    missing = sorted(s for bad in state.values() for s in bad)
+    return {"seeds": len(seed_list), "shards": len(shards), "complete_shards": sum(1 for b in state.values() if not b),
+            "missing": missing, "incomplete_shards": sorted(k for k, b in state.items() if b),
+            "manifest": (out / MANIFEST).is_file()}
+
+
 @dataclass
 class Generated:
     """Samples made in memory: the sampler's states (tensors; ``x0[field]``), their condition per
     batch, the domain's objects (what ``decode`` gives), the seeds, and the network calls a sample took."""
 
-    x0: "State"
+    x0: State
     conds: list
     objects: list
     seeds: list[int]
@@ -158,7 +181,6 @@ def generate(model: str | Path, *, n: int | None = None, seeds: str | Sequence[i
              overrides: Sequence[str] = (), device: str | None = None) -> Generated:
     """Sample without writing files, through the same path as :func:`sample` (a sample is the same
     as the file ``sample`` writes for its seed, up to the file format's precision)."""
-    from .state import State
 
     seed_list = parse_seeds(n, seeds)
     domain, ckpt = _load_model(model)
@@ -296,7 +318,8 @@ def _run_picture(domain: Domain, out: Path, cfg: dict, data_config: dict) -> str
 def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: str | Sequence[int] | None = None,
            batch_size: int | None = None, sampler: str | None = None, steps: int | None = None,
            grid: str | None = None, guidance: float | None = None, overrides: Sequence[str] = (),
-           device: str | None = None, progress: bool | None = None, overwrite: bool = False) -> SampleResult:
+           device: str | None = None, progress: bool | None = None, overwrite: bool = False,
+           part: str | tuple[int, int] | None = None) -> SampleResult:
     """Generate one file per seed into ``out`` with a manifest; run it again to resume.
 
     ``model``: a checkpoint folder, a run folder (its latest checkpoint), a file inside a checkpoint,
@@ -305,21 +328,39 @@ def sample(model: str | Path, out: str | Path, *, n: int | None = None, seeds: s
     ``overrides`` are dotted ``key=value`` strings applied after them (``sample.label=1``).
     ``overwrite=True`` clears what an earlier run wrote into ``out`` instead of resuming.
     Under torchrun the work is split across the ranks; every rank returns the same counts.
+    ``part = "K/N"`` (K = 0..N-1): one of N independent jobs (a job array) writing into the same
+    folder, with no coordination but the file system: it generates the shards k with k % N == K;
+    the part that finds every shard complete writes the manifest (see ``parse_part``).
     """
     start = time.perf_counter()
     out = Path(out)
     seed_list = parse_seeds(n, seeds)
+    which = parse_part(part)
     ctx = Distributed.start("gloo")
     try:
         return _sample(ctx, start, model, out, seed_list, n, seeds,
                        dict(batch_size=batch_size, sampler=sampler, steps=steps, grid=grid, guidance=guidance),
-                       overrides, device, progress, overwrite)
+                       overrides, device, progress, overwrite, which)
     finally:
         ctx.close()
 
 
+def parse_part(part: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` or ``(K, N)`` -> (K, N) with 0 <= K < N (a Slurm array ``--array=0-99`` passes
+    ``$SLURM_ARRAY_TASK_ID/100``); None -> None."""
+    if part is None or part == "":
+        return None
+    try:
+        k, n = (int(v) for v in (part.split("/") if isinstance(part, str) else part))
+    except (TypeError, ValueError):
+        raise InputError(f"--part {part!r}: write K/N, e.g. 3/100 (K counts from 0)") from None
+    if not 0 <= k < n:
+        raise InputError(f"--part {k}/{n}: K must lie in 0..{n - 1} (K counts from 0)")
+    return k, n
+
+
 def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[int], n, seeds_arg, explicit: dict,
-            overrides, device, progress, overwrite) -> SampleResult:
+            overrides, device, progress, overwrite, which: tuple[int, int] | None = None) -> SampleResult:
     # 1. set-up, on every rank: the model, the config, the sampling spec, the shards
     err = None
     try:
@@ -348,14 +389,14 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
     def prepared() -> list[int]:
         try:
             return prepare(out, shards=shards, chash=chash, ckhash=ckpt.hash, cfg=cfg, overwrite=overwrite,
-                           header=header)
+                           header=header, part=which is not None)
         except OSError as e:
             raise InputError(f"{out}: cannot prepare the output folder ({e})") from None
 
     done = set(ctx.on_main(prepared))
-    todo = [k for k in range(len(shards)) if k not in done]
+    todo = [k for k in range(len(shards)) if k not in done and (which is None or k % which[1] == which[0])]
     mine = todo[ctx.rank::ctx.world]
-    skipped = sum(len(shards[k]) for k in done)
+    skipped = sum(len(shards[k]) for k in done if which is None or k % which[1] == which[0])
 
     # 3. generate this rank's shards
     show = ctx.main and (progress if progress is not None else sys.stderr.isatty())
@@ -382,6 +423,8 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
     rate = total_generated / seconds if seconds > 0 else 0.0
 
     def finish() -> None:
+        if which is not None and not all((out / PARTS / part_name(k)).is_file() for k in range(len(shards))):
+            return  # other parts are still at work: the one that completes the set writes the manifest
         try:
             files = write_manifest(out, shards)
             picture = _run_picture(domain, out, cfg, ckpt.data_config)
@@ -393,6 +436,8 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
             raise RuntimeError(f"{out}: writing the manifest failed: {type(e).__name__}: {e}") from None
 
     ctx.on_main(finish)
-    return SampleResult(out=out, manifest=out / MANIFEST, files=len(seed_list), generated=total_generated,
+    mine_seeds = len(seed_list) if which is None else sum(len(shards[k]) for k in range(len(shards))
+                                                          if k % which[1] == which[0])
+    return SampleResult(out=out, manifest=out / MANIFEST, files=mine_seeds, generated=total_generated,
                         skipped=skipped, seconds=seconds, samples_per_s=rate, checkpoint_hash=ckpt.hash,
                         config_hash=chash, shards=len(shards), network_calls=calls)

@@ -150,9 +150,28 @@ def _refuse(out: Path, what: str) -> InputError:
                       "or pick a new folder, or pass overwrite=True (--overwrite) to clear it first")
 
 
+def shard_state(out: Path, shards: list[list[int]]) -> dict[int, list[int]]:
+    """Read-only: per shard, the seeds not there intact (all its seeds when its manifest part is
+    missing or unreadable; those whose files are missing or damaged otherwise); complete shards map
+    to []. ``verify`` reports this."""
+    state = {}
+    for k, seeds in enumerate(shards):
+        rows = _read_lines(out / PARTS / part_name(k)) if (out / PARTS / part_name(k)).is_file() else None
+        if rows is None or [r.get("seed") for r in rows] != seeds:
+            state[k] = list(seeds)
+        else:
+            state[k] = [int(r["seed"]) for r in rows if not row_intact(out, r)]
+    return state
+
+
 def prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg: dict, overwrite: bool,
-             header: dict) -> list[int]:
-    """Rank 0: check and clean the folder, write run.json (status running); the complete shards."""
+            header: dict, part: bool = False) -> list[int]:
+    """Rank 0: check and clean the folder, write run.json (status running); the complete shards.
+    ``part``: one of several independent parts writing into this folder at once: temporaries are
+    left alone (another part may be writing them) and clearing the folder is refused."""
+    if part and overwrite:
+        raise InputError(f"{out}: --overwrite cannot be combined with --part (other parts may be writing here); "
+                         "clear the folder once, without --part, first")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +187,8 @@ def prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg:
                              "pick a new or empty folder, or pass overwrite=True (--overwrite) to write into it")
     if overwrite:
         _clear(out)
-    _remove_temporaries(out, recursive=ours or not any(not is_temporary(p) for p in out.iterdir()))
+    if not part:
+        _remove_temporaries(out, recursive=ours or not any(not is_temporary(p) for p in out.iterdir()))
 
     complete: list[int] = []
     if not overwrite:

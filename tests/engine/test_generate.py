@@ -549,3 +549,76 @@ def test_a_torn_manifest_line_is_repaired(ckpt, reference40, tmp_path):
     assert r.generated == 10 and r.skipped == 30
     assert (out / "manifest.jsonl").read_bytes() == (reference40 / "manifest.jsonl").read_bytes()
     assert sample_files(out) == sample_files(reference40)
+
+
+# ----------------------------------------------------------------------------- independent parts (job arrays)
+
+
+def _part_script(tmp_path: Path, n: int, batch: int, overrides: list[str]) -> Path:
+    script = tmp_path / "part.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        torch.set_num_threads(1)
+        from sciffusion.core.generate import sample
+        sample(sys.argv[1], sys.argv[2], n={n}, batch_size={batch}, overrides={overrides!r}, progress=False,
+               part=sys.argv[3])
+    """))
+    return script
+
+
+def test_parts_started_at_once_write_exactly_the_files_of_one_run(ckpt, reference40, points2d_env, tmp_path):
+    """Three parts of a job array, started together on one folder with no coordination but the file
+    system: the same files and manifest as one run; the part that completes the set writes it."""
+    script = _part_script(tmp_path, 40, 40, [])
+    out = tmp_path / "parts"
+    procs = [subprocess.Popen([sys.executable, str(script), str(ckpt), str(out), f"{k}/3"], env=points2d_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert sample_files(out) == sample_files(reference40)
+    assert manifest(out) == manifest(reference40)
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert sample(ckpt, out, n=40, batch_size=40, progress=False, part="1/3").generated == 0  # nothing twice
+
+
+def test_a_killed_part_is_reported_by_verify_and_repaired_by_its_rerun(ckpt, points2d_env, tmp_path):
+    from sciffusion.core.generate import verify
+
+    n, over = 200, ["sample.shard_size=10", "sample.steps=40"]
+    script = _part_script(tmp_path, n, 5, over)
+    out = tmp_path / "array"
+    cmd = [sys.executable, str(script), str(ckpt), str(out)]
+    assert subprocess.run(cmd + ["1/2"], env=points2d_env, capture_output=True, timeout=300).returncode == 0
+    assert not (out / "manifest.jsonl").exists()  # part 0 has not run: the set is incomplete
+    proc = subprocess.Popen(cmd + ["0/2"], env=points2d_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parts, deadline = out / ".parts", time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(parts.glob("shard-*.jsonl"))) < 12:
+        time.sleep(0.002)
+    assert proc.poll() is None, "part 0 ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = verify(ckpt, out, n=n, overrides=over)
+    assert state["missing"] and all((s // 10) % 2 == 0 for s in state["missing"])  # only part 0's shards
+    assert not state["manifest"]
+    (out / "00000013.csv").write_text("damaged")  # and a sample of part 1 gets damaged
+    assert 13 in verify(ckpt, out, n=n, overrides=over)["missing"]
+    for k in ("0/2", "1/2"):
+        rerun = subprocess.run(cmd + [k], env=points2d_env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+    state = verify(ckpt, out, n=n, overrides=over)
+    assert state["missing"] == [] and state["manifest"] and state["complete_shards"] == n // 10
+    ref = tmp_path / "one"
+    sample(ckpt, ref, n=n, batch_size=5, overrides=over, progress=False)
+    assert sample_files(out) == sample_files(ref)
+    assert manifest(out) == manifest(ref)
+
+
+def test_part_arguments_are_checked(ckpt, tmp_path):
+    with pytest.raises(InputError, match="K must lie in 0..2"):
+        sample(ckpt, tmp_path / "a", n=4, part="3/3", progress=False)
+    with pytest.raises(InputError, match="write K/N"):
+        sample(ckpt, tmp_path / "b", n=4, part="half", progress=False)
+    sample(ckpt, tmp_path / "c", n=4, progress=False)
+    with pytest.raises(InputError, match="cannot be combined with --part"):
+        sample(ckpt, tmp_path / "c", n=4, part="0/2", overwrite=True, progress=False)

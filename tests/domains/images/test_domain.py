@@ -376,3 +376,16 @@ def test_the_dit_trains_and_samples_from_the_cli(tmp_path):
     res = runner.invoke(app, ["sample", str(run), "-n", "3", "--out", str(out), "sample.label=4"])
     assert res.exit_code == 0, res.output
     assert _png(out / "00000002.png")[1]["label"] == "4"
+
+
+def test_a_job_array_from_the_cli_and_its_verify(digits_run, tmp_path):
+    out = tmp_path / "array"
+    args = ["sample", str(digits_run), "-n", "8", "--out", str(out), "sample.shard_size=2"]
+    assert runner.invoke(app, args + ["--part", "0/2"]).exit_code == 0
+    res = runner.invoke(app, args + ["--verify"])
+    assert res.exit_code == 1 and "4 of 8 seeds missing or damaged" in res.output and "2, 3, 6, 7" in res.output
+    assert runner.invoke(app, args + ["--part", "1/2"]).exit_code == 0
+    res = runner.invoke(app, args + ["--verify"])
+    assert res.exit_code == 0 and "all 8 seeds intact in 4 shards" in res.output, res.output
+    rows = [json.loads(ln) for ln in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == list(range(8)) and (out / "grid.png").is_file()
