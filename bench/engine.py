@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import statistics
 import sys
 import tempfile
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=2048, help="samples per batch generation run (default 2048)")
     parser.add_argument("--batch", type=int, default=256, help="batch generation's sample.batch_size (default 256)")
     parser.add_argument("--sample-steps", type=int, default=20, help="batch generation's sample.steps (default 20)")
+    parser.add_argument("--parts", type=int, nargs="*", default=[1, 2, 4],
+                        help="part counts of the job-array run (default 1 2 4; none: skip it)")
     args_list = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(args_list)
     if args.threads > 0:
@@ -225,6 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     for dev in devices:
         out = bench_generation(dev, n=args.samples, batch=args.batch, steps=args.sample_steps)
         sections += ["", f"### Batch generation ({dev})", "", markdown_table(out)]
+        if dev.type == "cpu":
+            whole, decoded = out[2]["seconds"], out[1]["seconds"]
+            sections += ["", f"I/O share of `sample()` (decode excluded: atomic CSV writes, hashes, manifest): "
+                             f"{max(0.0, 1 - decoded / whole):.0%}"]
+    if args.parts:
+        rows_p = bench_parts(n=args.samples, batch=args.batch, steps=args.sample_steps, parts=args.parts)
+        sections += ["", f"### Generation as independent parts (--part K/P, one thread each, {os.cpu_count()} cores)",
+                     "", markdown_table(rows_p)]
 
     header = run_header("engine.py", args_list, devices, [f"- total runtime: {time.perf_counter() - start:.0f} s"])
     text = "\n".join([*header, "", *sections]) + "\n"
@@ -318,6 +329,60 @@ def bench_generation(device: torch.device | str | None = None, *, n: int = 2048,
     return [{"device": str(device), "what": what, "n": n, "batch": batch, "steps": steps, "network calls": calls,
              "seconds": secs, "samples/s": n / secs, "vs sampling only": f"{n / secs / base:.2f}x"}
             for what, (secs, calls) in best.items()]
+
+
+def bench_parts(n: int = 2048, batch: int = 256, steps: int = 20, parts=(1, 2, 4), hidden: int = 64,
+                layers: int = 3) -> list[dict]:
+    """Generation as independent parts (``sample(..., part="K/P")``, a job array on one machine): P
+    processes of one thread each started at once on one folder, timed from the first start to the
+    last exit (process start-up and checkpoint loading included); the manifest is checked complete.
+    Rows: parts, n, seconds, samples/s, speed-up over one part."""
+    import_package()
+    import subprocess
+
+    from sciffusion.core.checkpoint import save_checkpoint
+    from sciffusion.core.domain import resolve_config
+    from sciffusion.core.registry import get_domain
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sciffusion-bench-parts-") as tmp:
+        tmp = Path(tmp)
+        site = tmp / "site"
+        _register_points2d(site)
+        domain = get_domain("points2d")
+        cfg = resolve_config(domain, overrides=[f"model.hidden={hidden}", f"model.layers={layers}",
+                                                f"sample.steps={steps}", f"sample.batch_size={batch}",
+                                                f"sample.shard_size={batch}"])
+        data_config = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
+        torch.manual_seed(0)
+        net = domain.build_denoiser(cfg, data_config).network
+        ckpt = save_checkpoint(tmp / "model", model=net.state_dict(), ema=net.state_dict(),
+                               meta={"domain": "points2d", "step": 0, "config": cfg, "data_config": data_config})
+        child = tmp / "part.py"
+        child.write_text(
+            "import sys, torch\nfrom pathlib import Path\n"
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+            "import engine\nengine._register_points2d(Path(sys.argv[3]))\ntorch.set_num_threads(1)\n"
+            "from sciffusion.core.generate import sample\n"
+            f"sample(sys.argv[1], sys.argv[2], n={n}, progress=False, part=sys.argv[4])\n")
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        for p in parts:
+            out = tmp / f"out{p}"
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen([sys.executable, str(child), str(ckpt), str(out), str(site), f"{k}/{p}"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(p)]
+            for proc in procs:
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise RuntimeError(f"part failed: {err[-500:]}")
+            secs = time.perf_counter() - t0
+            lines = (out / "manifest.jsonl").read_text().splitlines()
+            if len(lines) != n:
+                raise AssertionError(f"{p} parts: the manifest lists {len(lines)} samples, expected {n}")
+            rows.append({"parts": p, "n": n, "seconds": secs, "samples/s": n / secs})
+    for r in rows:
+        r["speed-up"] = f"{r['samples/s'] / rows[0]['samples/s']:.2f}x"
+    return rows
 
 
 if __name__ == "__main__":
