@@ -567,3 +567,42 @@ def test_torn_checkpoint_folders_are_cleaned_and_files_get_normal_permissions(po
     os.umask(mask)
     for f in (res.checkpoint / "model.safetensors", res.checkpoint / "checkpoint.json"):
         assert (f.stat().st_mode & 0o777) == (0o666 & ~mask), f
+
+
+# ----------------------------------------------------------------------------- several nodes, simulated
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(script, cfg, out, tmp_path, rank: int, port: int, env):
+    """One simulated node: torchrun with the standard multi-node rendezvous on 127.0.0.1, 1 process."""
+    return subprocess.Popen([str(TORCHRUN), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+                             "--master_addr=127.0.0.1", f"--master_port={port}", str(script), json.dumps(cfg), str(out),
+                             str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_simulated_nodes_train_like_one_process(points2d, points2d_env, points_data, tmp_path):
+    """torchrun --nnodes 2 --node_rank 0/1 --master_addr 127.0.0.1 (gloo on the CPU), one process per
+    node, both writing to one shared folder: the weights equal a single process's to float tolerance."""
+    cfg = _cfg(points2d, points_data, steps=4, batch_size=16, ckpt_every=2, log_every=2)
+    script = _write_script(tmp_path / "ddp.py", _DDP_SCRIPT)
+    port = _free_port()
+    nodes = [_node(script, cfg, tmp_path / "nodes", tmp_path, r, port, points2d_env) for r in (0, 1)]
+    for p in nodes:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, out[-2000:] + err[-2000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"rank-{rank}").read_text() == "4 step-00000004"
+    ckpt = tmp_path / "nodes" / "checkpoints" / "step-00000004"
+    assert load_checkpoint(ckpt).meta["train"]["world_size"] == 2
+    single = train(points2d, cfg, tmp_path / "single", device="cpu", progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = _tensors(single.checkpoint, name), _tensors(ckpt, name)
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (name, k, float((a[k] - b[k]).abs().max()))
