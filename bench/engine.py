@@ -265,6 +265,24 @@ def _register_points2d(folder: Path) -> None:
     importlib.invalidate_caches()
 
 
+def _random_checkpoint(tmp: Path, hidden: int, layers: int, sample: list[str]):
+    """A points2d checkpoint of random weights (seed 0) in ``tmp/model``, the plugin registered from
+    ``tmp/site``: (domain, config, data config, checkpoint folder)."""
+    from sciffusion.core.checkpoint import save_checkpoint
+    from sciffusion.core.domain import resolve_config
+    from sciffusion.core.registry import get_domain
+
+    _register_points2d(tmp / "site")
+    domain = get_domain("points2d")
+    cfg = resolve_config(domain, overrides=[f"model.hidden={hidden}", f"model.layers={layers}", *sample])
+    data_config = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
+    torch.manual_seed(0)
+    net = domain.build_denoiser(cfg, data_config).network
+    ckpt = save_checkpoint(tmp / "model", model=net.state_dict(), ema=net.state_dict(),
+                           meta={"domain": "points2d", "step": 0, "config": cfg, "data_config": data_config})
+    return domain, cfg, data_config, ckpt
+
+
 def bench_generation(device: torch.device | str | None = None, *, n: int = 2048, batch: int = 256, steps: int = 20,
                      sampler: str = "dpmpp_2m", hidden: int = 64, layers: int = 3, repeats: int = 3) -> list[dict]:
     """Samples per second of batch generation (points2d EGNN, random weights, ``sampler`` on the
@@ -279,25 +297,16 @@ def bench_generation(device: torch.device | str | None = None, *, n: int = 2048,
     import shutil
 
     from sciffusion.core import generate as G
-    from sciffusion.core.checkpoint import load_checkpoint, save_checkpoint
-    from sciffusion.core.domain import denoiser_from_checkpoint, resolve_config
-    from sciffusion.core.registry import get_domain
+    from sciffusion.core.checkpoint import load_checkpoint
+    from sciffusion.core.domain import denoiser_from_checkpoint
     from sciffusion.core.sampling import SampleSpec
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with tempfile.TemporaryDirectory(prefix="sciffusion-bench-gen-") as tmp:
         tmp = Path(tmp)
-        _register_points2d(tmp / "site")
-        domain = get_domain("points2d")
-        cfg = resolve_config(domain, overrides=[f"model.hidden={hidden}", f"model.layers={layers}",
-                                                f"sample.sampler='{sampler}'", f"sample.steps={steps}",
-                                                f"sample.batch_size={batch}", "sample.grid='karras'",
-                                                f"sample.shard_size={batch}"])
-        data_config = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
-        torch.manual_seed(0)
-        net = domain.build_denoiser(cfg, data_config).network
-        ckpt_dir = save_checkpoint(tmp / "model", model=net.state_dict(), ema=net.state_dict(),
-                                   meta={"domain": "points2d", "step": 0, "config": cfg, "data_config": data_config})
+        domain, cfg, data_config, ckpt_dir = _random_checkpoint(tmp, hidden, layers, [
+            f"sample.sampler='{sampler}'", f"sample.steps={steps}", f"sample.batch_size={batch}",
+            "sample.grid='karras'", f"sample.shard_size={batch}"])
         den = denoiser_from_checkpoint(domain, load_checkpoint(ckpt_dir), cfg, device=device)
         spec = SampleSpec.from_config(cfg["sample"], den.process)
         seeds = list(range(n))
@@ -340,24 +349,13 @@ def bench_parts(n: int = 2048, batch: int = 256, steps: int = 20, parts=(1, 2, 4
     import_package()
     import subprocess
 
-    from sciffusion.core.checkpoint import save_checkpoint
-    from sciffusion.core.domain import resolve_config
-    from sciffusion.core.registry import get_domain
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sciffusion-bench-parts-") as tmp:
         tmp = Path(tmp)
         site = tmp / "site"
-        _register_points2d(site)
-        domain = get_domain("points2d")
-        cfg = resolve_config(domain, overrides=[f"model.hidden={hidden}", f"model.layers={layers}",
-                                                f"sample.steps={steps}", f"sample.batch_size={batch}",
-                                                f"sample.shard_size={batch}"])
-        data_config = {"size_counts": [0, 0, 0, 25, 25, 25, 25], "label_counts": [50, 50]}
-        torch.manual_seed(0)
-        net = domain.build_denoiser(cfg, data_config).network
-        ckpt = save_checkpoint(tmp / "model", model=net.state_dict(), ema=net.state_dict(),
-                               meta={"domain": "points2d", "step": 0, "config": cfg, "data_config": data_config})
+        _, _, _, ckpt = _random_checkpoint(tmp, hidden, layers, [f"sample.steps={steps}", f"sample.batch_size={batch}",
+                                                                 f"sample.shard_size={batch}"])
         child = tmp / "part.py"
         child.write_text(
             "import sys, torch\nfrom pathlib import Path\n"
