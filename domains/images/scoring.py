@@ -179,8 +179,9 @@ def super_resolution_scores(model: Path, samples: int, calls: Sequence[int], wor
     split, written as 8-bit originals that the model downsamples itself, at each of ``calls`` Euler
     steps, after a first row for bicubic upsampling of the same input (SR3's baseline); and the
     count of images. Rows: method, calls, psnr, ssim, images_per_s (None for bicubic)."""
-    from ... import api
     from ...core.checkpoint import load_checkpoint, resolve
+    from ...core.generate import sample
+    from ...core.registry import get_domain
     from .dataset import load_examples
     from .edits import degrade
     from .metrics import psnr, ssim
@@ -200,9 +201,10 @@ def super_resolution_scores(model: Path, samples: int, calls: Sequence[int], wor
     rows = [{"method": "bicubic", "calls": 0, "psnr": psnr(ref, bicubic), "ssim": ssim(ref, bicubic), "images_per_s": None}]
     for c in calls:
         folder = work / f"{ckpt.hash[:12]}-euler-{c}-n{len(test)}"
-        res = api.sample(str(ckpt.path), folder, seeds=f"0-{len(test) - 1}", progress=False,
-                         overrides=[f"sample.lowres={originals}", f"sample.steps={c}", "sample.sampler=euler"])
-        m = api.evaluate("images", [folder], checkpoint=ckpt.path)
+        res = sample(str(ckpt.path), folder, seeds=f"0-{len(test) - 1}", progress=False,
+                     overrides=[f"sample.lowres={originals}", f"sample.steps={c}", "sample.sampler=euler"])
+        dom = get_domain("images")
+        m = score([dom.read(f) for f in sorted(folder.glob("0*.png"))], ckpt.data_config)
         seconds = res.seconds if res.generated else json.loads((folder / "run.json").read_text())["seconds"]
         rows.append({"method": f"SR3 x{f} (euler)", "calls": c, "psnr": m["psnr"], "ssim": m["ssim"],
                      "images_per_s": len(test) / seconds})
