@@ -57,7 +57,6 @@ from .checkpoint import Checkpoint, CheckpointError, check_domain, load_checkpoi
 from .checkpoint import resolve as resolve_checkpoint
 from .config import config_hash
 from .distributed import Distributed, pick_device
-from .state import State
 from .domain import RUN_PICTURE_SAMPLES, Domain, denoiser_from_checkpoint, resolve_config
 from .io import InputError, atomic_write_json, atomic_write_text, sha256_json
 from .progress import Progress
@@ -66,9 +65,11 @@ from .sample_folder import (FORMAT, MANIFEST, NOT_HASHED, PARTS, RUN, RUN_PICTUR
                             shard_state, write_manifest)
 from .sampling import SampleSpec, generate_batch, guidance_null
 from .seeds import parse_seeds, shard_seeds
+from .state import State
 from .version import __version__
 
-__all__ = ["sample", "SampleResult", "sample_config", "generate", "Generated", "verify", "parse_part", "parse_seeds", "shard_seeds", "FORMAT"]
+__all__ = ["sample", "SampleResult", "sample_config", "generate", "Generated", "verify", "parse_part", "parse_seeds",
+           "shard_seeds", "FORMAT"]
 
 
 @dataclass
@@ -153,12 +154,7 @@ def verify(model: str | Path, out: str | Path, *, n: int | None = None, seeds: s
     domain, ckpt = _load_model(model)
     cfg = _resolve_config(domain, ckpt, {}, list(overrides))
     shards = shard_seeds(seed_list, int(cfg["sample"]["shard_size"]))
-    if not out.is_dir():
-        raise InputError(f"{out}: no such folder")
-    run = json.loads((out / RUN).read_text()) if (out / RUN).is_file() else {}
-    if run and (run.get("checkpoint_hash") != ckpt.hash or run.get("config_hash") != samples_config_hash(cfg)):
-        raise InputError(f"{out}: holds samples of another checkpoint or config than this command's")
-    state = shard_state(out, shards)
+    state = shard_state(out, shards, chash=samples_config_hash(cfg), ckhash=ckpt.hash, cfg=cfg)
     missing = sorted(s for bad in state.values() for s in bad)
     return {"seeds": len(seed_list), "shards": len(shards), "complete_shards": sum(1 for b in state.values() if not b),
             "missing": missing, "incomplete_shards": sorted(k for k, b in state.items() if b),
@@ -181,7 +177,6 @@ def generate(model: str | Path, *, n: int | None = None, seeds: str | Sequence[i
              overrides: Sequence[str] = (), device: str | None = None) -> Generated:
     """Sample without writing files, through the same path as :func:`sample` (a sample is the same
     as the file ``sample`` writes for its seed, up to the file format's precision)."""
-
     seed_list = parse_seeds(n, seeds)
     domain, ckpt = _load_model(model)
     cfg = _resolve_config(domain, ckpt, {}, list(overrides))
@@ -394,9 +389,10 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
             raise InputError(f"{out}: cannot prepare the output folder ({e})") from None
 
     done = set(ctx.on_main(prepared))
-    todo = [k for k in range(len(shards)) if k not in done and (which is None or k % which[1] == which[0])]
+    ours = [k for k in range(len(shards)) if which is None or k % which[1] == which[0]]  # this part's shards
+    todo = [k for k in ours if k not in done]
     mine = todo[ctx.rank::ctx.world]
-    skipped = sum(len(shards[k]) for k in done if which is None or k % which[1] == which[0])
+    skipped = sum(len(shards[k]) for k in ours if k in done)
 
     # 3. generate this rank's shards
     show = ctx.main and (progress if progress is not None else sys.stderr.isatty())
@@ -436,8 +432,6 @@ def _sample(ctx: Distributed, start: float, model, out: Path, seed_list: list[in
             raise RuntimeError(f"{out}: writing the manifest failed: {type(e).__name__}: {e}") from None
 
     ctx.on_main(finish)
-    mine_seeds = len(seed_list) if which is None else sum(len(shards[k]) for k in range(len(shards))
-                                                          if k % which[1] == which[0])
-    return SampleResult(out=out, manifest=out / MANIFEST, files=mine_seeds, generated=total_generated,
+    return SampleResult(out=out, manifest=out / MANIFEST, files=sum(len(shards[k]) for k in ours), generated=total_generated,
                         skipped=skipped, seconds=seconds, samples_per_s=rate, checkpoint_hash=ckpt.hash,
                         config_hash=chash, shards=len(shards), network_calls=calls)

@@ -150,13 +150,27 @@ def _refuse(out: Path, what: str) -> InputError:
                       "or pick a new folder, or pass overwrite=True (--overwrite) to clear it first")
 
 
-def shard_state(out: Path, shards: list[list[int]]) -> dict[int, list[int]]:
+def _check_run(out: Path, run: Any, chash: str, ckhash: str, cfg: dict) -> None:
+    """The folder's run.json (when readable) describes this checkpoint and config, else ``_refuse``."""
+    if not isinstance(run, dict):
+        return
+    if run.get("checkpoint_hash") != ckhash:
+        raise _refuse(out, f"holds samples of another checkpoint (hash {str(run.get('checkpoint_hash'))[:12]}, "
+                           f"this one {ckhash[:12]})")
+    if run.get("config_hash") != chash:
+        raise _refuse(out, "holds samples made with another config" + config_diff(run.get("config"), cfg))
+
+
+def shard_state(out: Path, shards: list[list[int]], *, chash: str, ckhash: str, cfg: dict) -> dict[int, list[int]]:
     """Read-only: per shard, the seeds not there intact (all its seeds when its manifest part is
     missing or unreadable; those whose files are missing or damaged otherwise); complete shards map
-    to []. ``verify`` reports this."""
+    to []. The folder must hold this checkpoint's and config's samples. ``verify`` reports this."""
+    if not out.is_dir():
+        raise InputError(f"{out}: no such folder")
+    _check_run(out, _read_json(out / RUN), chash, ckhash, cfg)
     state = {}
     for k, seeds in enumerate(shards):
-        rows = _read_lines(out / PARTS / part_name(k)) if (out / PARTS / part_name(k)).is_file() else None
+        rows = _read_lines(out / PARTS / part_name(k))  # None when missing or unreadable
         if rows is None or [r.get("seed") for r in rows] != seeds:
             state[k] = list(seeds)
         else:
@@ -192,12 +206,7 @@ def prepare(out: Path, *, shards: list[list[int]], chash: str, ckhash: str, cfg:
 
     complete: list[int] = []
     if not overwrite:
-        if isinstance(run, dict):
-            if run.get("checkpoint_hash") != ckhash:
-                raise _refuse(out, f"holds samples of another checkpoint (hash {str(run.get('checkpoint_hash'))[:12]}, "
-                                   f"this one {ckhash[:12]})")
-            if run.get("config_hash") != chash:
-                raise _refuse(out, "holds samples made with another config" + config_diff(run.get("config"), cfg))
+        _check_run(out, run, chash, ckhash, cfg)
         manifest = out / MANIFEST
         if manifest.is_file():
             rows = _read_lines(manifest) or []

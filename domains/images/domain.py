@@ -85,7 +85,7 @@ class ImagesDomain(Domain):
             raise InputError(f"images: a x{sr} super-resolution model needs image sides divisible by {sr}, "
                              f"the data is {H} x {W}")
         labels = sorted({e["label"] for e in train_examples if e.get("label") is not None})
-        if labels and len(labels) < len(train_examples) and any(e.get("label") is None for e in train_examples):
+        if labels and any(e.get("label") is None for e in train_examples):
             raise InputError("images: some training images have a label and some do not")
         use = labels if (cfg["model"]["class_conditional"] and not sr and len(labels) > 1) else []
         counts = [sum(1 for e in train_examples if e.get("label") == n) for n in use]
@@ -94,7 +94,7 @@ class ImagesDomain(Domain):
                 "data": dict(cfg["data"])}
 
     def collate(self, examples: Sequence[dict], data_config: dict) -> Batch:
-        shape = (int(data_config["channels"]), int(data_config["height"]), int(data_config["width"]))
+        shape = self._shape(data_config)
         for e in examples:
             if tuple(e["image"].shape) != shape:
                 raise InputError(f"{e.get('file', 'an image')}: shape {tuple(e['image'].shape)}, the model's is {shape}")
@@ -122,8 +122,8 @@ class ImagesDomain(Domain):
                              image_size=(int(data_config["height"]), int(data_config["width"])))
 
     def null_condition(self, cfg: dict, data_config: dict) -> dict | None:
-        names = data_config.get("label_names") or []
-        return {"label": len(names)} if names and not int(data_config.get("sr_factor", 0)) else None
+        names = data_config.get("label_names") or []  # none for a super-resolution model (data_config)
+        return {"label": len(names)} if names else None
 
     # ------------------------------------------------------------------ generation
     def sample_labels(self, seeds: Sequence[int], cfg: dict, data_config: dict) -> list[int]:
@@ -131,11 +131,9 @@ class ImagesDomain(Domain):
         draw from the training label counts (``core.seeds.labels_for_seeds``), except for an edit of
         a model that learnt the null label: that one (the edit is guided by the image alone)."""
         names = data_config.get("label_names") or []
-        s = cfg["sample"]
-        if (str(s.get("label", -1)) in ("-1", "") and edits.edit_kind(s)
-                and float(cfg["objective"]["condition_dropout"]) > 0):
+        if _edit_with_null_label(cfg):
             return [len(names)] * len(seeds)
-        return labels_for_seeds(s.get("label", -1), names, data_config.get("label_counts"), seeds, "images")
+        return labels_for_seeds(cfg["sample"].get("label", -1), names, data_config.get("label_counts"), seeds, "images")
 
     def _shape(self, data_config: dict) -> tuple[int, int, int]:
         return int(data_config["channels"]), int(data_config["height"]), int(data_config["width"])
@@ -144,15 +142,10 @@ class ImagesDomain(Domain):
         """The edit's inputs exist and fit the model (every file of a folder, read one at a time), and
         a super-resolution model has its low-resolution input."""
         s = cfg["sample"]
-        sr = int(data_config.get("sr_factor", 0))
-        if sr and not s.get("lowres"):
-            raise InputError(f"images: this is a x{sr} super-resolution model: set sample.lowres to the "
-                             "low-resolution image(s) to upscale")
+        _require_lowres(s, data_config)
         if edits.edit_kind(s):
             edits.check_inputs(s, data_config, cfg["data"])
-        names = data_config.get("label_names") or []
-        if (edits.edit_kind(s) and names and float(s.get("guidance", 0)) > 0
-                and str(s.get("label", -1)) in ("-1", "") and float(cfg["objective"]["condition_dropout"]) > 0):
+        if data_config.get("label_names") and float(s.get("guidance", 0)) > 0 and _edit_with_null_label(cfg):
             warnings.warn("images: an edit without sample.label uses the null label, so guidance changes nothing "
                           "(and doubles the network calls); give sample.label to guide towards a class", stacklevel=2)
 
@@ -169,17 +162,14 @@ class ImagesDomain(Domain):
         C, H, W = self._shape(data_config)
         n = len(seeds)
         s = cfg["sample"]
-        sr = int(data_config.get("sr_factor", 0))
-        if sr and not s.get("lowres"):
-            raise InputError(f"images: this is a x{sr} super-resolution model: set sample.lowres to the "
-                             "low-resolution image(s) to upscale")
+        _require_lowres(s, data_config)
         cond = {}
         names = data_config.get("label_names") or []
         if names:
             cond["label"] = torch.tensor(self.sample_labels(seeds, cfg, data_config), dtype=torch.long)
         if edits.edit_kind(s):
             got = self._inputs(seeds, cfg, data_config)
-            if sr:
+            if got.lowres is not None:
                 cond["lowres"] = got.lowres
         x0 = State.dense(**{FIELD: torch.zeros(n, C, H, W)})
         return Batch(x0, cond or None)
@@ -279,6 +269,21 @@ class ImagesDomain(Domain):
         """The digits model shipped in the package (see weights/digits/MODEL_CARD.md)."""
         path = WEIGHTS_DIR / "digits"
         return path if (path / "checkpoint.json").is_file() else None
+
+
+def _require_lowres(sample: dict, data_config: dict) -> None:
+    """A super-resolution model samples only from low-resolution inputs (``sample.lowres``)."""
+    sr = int(data_config.get("sr_factor", 0))
+    if sr and not sample.get("lowres"):
+        raise InputError(f"images: this is a x{sr} super-resolution model: set sample.lowres to the "
+                         "low-resolution image(s) to upscale")
+
+
+def _edit_with_null_label(cfg: dict) -> bool:
+    """An edit without ``sample.label`` of a model that learnt the null label: it runs unconditioned."""
+    s = cfg["sample"]
+    return (bool(edits.edit_kind(s)) and str(s.get("label", -1)) in ("-1", "")
+            and float(cfg["objective"]["condition_dropout"]) > 0)
 
 
 def _array_in_unit_range(path: Path, value_range) -> np.ndarray:

@@ -45,14 +45,13 @@ def edit_kind(sample: dict) -> str | None:
 
 def input_files(spec: str, key: str) -> list[Path]:
     """The image files a ``sample.<key>`` value names: one file, or a folder's images (sorted)."""
-    from .data import IMAGE_EXTENSIONS
+    from .data import IMAGE_EXTENSIONS, list_image_files
 
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                       and not any(p.startswith(".") for p in f.relative_to(path).parts))
+        files = list_image_files(path)
         if not files:
             raise InputError(f"{path}: sample.{key} names a folder without images ({', '.join(IMAGE_EXTENSIONS)})")
         return files
