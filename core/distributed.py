@@ -4,6 +4,7 @@
     ctx.on_main(fn)                       # run fn on rank 0, every rank gets its result or its error
     ctx.agree(error)                      # every rank raises if any rank failed
     ctx.close()
+    lost_peer(error)                      # did a collective fail because another rank is gone?
 
 Under ``torchrun`` (WORLD_SIZE > 1) the process group is gloo on the CPU and NCCL when training on
 CUDA (``tensors=True``); generation only sends small control messages, so it always uses gloo.
@@ -21,6 +22,28 @@ import torch.distributed as dist
 from .io import InputError
 
 TIMEOUT = datetime.timedelta(hours=6)
+
+# What gloo and NCCL say when the other end of a collective is gone (killed, its node down, the
+# network cut): the transport's own error texts, as torch raises them (a plain RuntimeError from
+# gloo, DistBackendError from NCCL).
+_PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
+              "gloo", "nccl communicator was aborted", "ncclremoteerror", "remote process exited",
+              "socket timeout", "timed out", "watchdog caught collective operation timeout")
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank of the job is gone: the run stops here, and the same
+    command on every node resumes it from the last complete checkpoint."""
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank is gone (or unreachable)."""
+    if isinstance(error, PeerLost):
+        return True
+    if dist.is_available() and isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(m in text for m in _PEER_GONE)
 
 
 def pick_device(device: str | None, local_rank: int | None = None) -> torch.device:

@@ -54,10 +54,10 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import check_domain, checkpoints_dir, load_checkpoint, save_run_checkpoint
+from .checkpoint import check_domain, checkpoints_dir, latest_checkpoint, load_checkpoint, save_run_checkpoint
 from .config import jsonable
 from .data_plan import NET, NOISE, TIME, DataPlan, MicroBatch, batch_indices, seed_torch
-from .distributed import Distributed, pick_device
+from .distributed import Distributed, PeerLost, lost_peer, pick_device
 from .domain import Domain, check_data_paths, resolve_config
 from .guards import EMA, AdaptiveClip, TrainingDiverged, by_dtype, finite_params, total_norm
 from .io import InputError
@@ -106,6 +106,7 @@ class Trainer:
         self.last_ckpt_step = 0
         self.metrics: dict = {}
         self.train_time = 0.0  # seconds in training steps (without evaluation and checkpoints) this session
+        self.step = 0  # steps completed
 
     # ------------------------------------------------------------------ set-up, in this order
     def load_data(self, data_config: dict | None) -> None:
@@ -314,6 +315,17 @@ class Trainer:
                   "metrics": self.metrics, "plugin": provider(self.domain),
                   "train": {"world_size": self.ctx.world, "examples_seen": step * self.B, "train_examples": self.N}})
 
+    def peer_lost(self, error: BaseException) -> PeerLost:
+        """The error every surviving rank stops with when another rank is gone (logged by rank 0)."""
+        last = latest_checkpoint(self.out)
+        resume = (f"the last complete checkpoint is {last}" if last is not None else "no checkpoint is complete yet")
+        self.log({"step": self.step, "event": "peer_lost", "rank": self.ctx.rank,
+                  "error": str(error).splitlines()[0][:300] if str(error) else type(error).__name__})
+        return PeerLost(f"{self.out}: rank {self.ctx.rank} of {self.ctx.world} lost contact with the other ranks "
+                        f"after step {self.step} (a process or node died, or the network failed); {resume}: run "
+                        f"the same command on every node again to resume from it ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200] if str(error) else ''})")
+
     def diverged(self, step: int, why: str) -> TrainingDiverged:
         if self.last_ckpt is not None:
             last = f"the last good checkpoint is {self.last_ckpt} (step {self.last_ckpt_step})"
@@ -342,6 +354,7 @@ class Trainer:
             with Progress("train", total, start, self.show_progress) as bar:
                 for step in range(start, total):
                     done = step + 1
+                    self.step = step
                     # scenes 1-4: draw, accumulate, guard, update
                     self.train_step(step, micro_iter, need_norm=due(tc.log_every, done))
                     self._take(window)
@@ -478,6 +491,10 @@ def train(domain: str | Domain, config: Mapping, out: str | Path, *, device: str
             trainer.run(start)
         ctx.barrier()
         return TrainResult(trainer.last_ckpt, trainer.last_ckpt_step, dict(trainer.metrics), out)
+    except Exception as e:
+        if ctx.active and trainer is not None and not isinstance(e, (InputError, PeerLost)) and lost_peer(e):
+            raise trainer.peer_lost(e) from e
+        raise
     finally:
         if trainer is not None:
             trainer.log.close()

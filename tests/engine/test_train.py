@@ -1,6 +1,7 @@
 """The trainer on the third-party points2d domain: determinism, exact resume after kill -9, DDP,
 NaN handling, schedules, EMA, accumulation, clipping, run-folder rules. CPU only, tiny models."""
 
+import contextlib
 import json
 import math
 import os
@@ -606,3 +607,80 @@ def test_two_simulated_nodes_train_like_one_process(points2d, points2d_env, poin
         a, b = _tensors(single.checkpoint, name), _tensors(ckpt, name)
         for k in a:
             assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (name, k, float((a[k] - b[k]).abs().max()))
+
+
+def _cli_node(cfg_file, out, rank: int, port: int, env, log, *overrides):
+    """One simulated node running the CLI under torchrun, in its own session (the node's processes)."""
+    return subprocess.Popen([str(TORCHRUN), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+                             "--master_addr=127.0.0.1", f"--master_port={port}", "--no-python",
+                             str(Path(sys.executable).with_name("sciffusion")), "train", "points2d", "-c", str(cfg_file),
+                             "--out", str(out), "--device", "cpu", "--no-progress", *overrides],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_node(p: subprocess.Popen) -> None:
+    """kill -9 of a whole simulated node: its torchrun agent and every process under it."""
+    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    os.killpg(p.pid, signal.SIGKILL)
+    for k in kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(k), signal.SIGKILL)
+    p.wait(30)
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker-node", "master-node"])
+def test_a_killed_node_stops_the_others_cleanly_and_the_rerun_resumes(points2d, points2d_env, points_data, tmp_path,
+                                                                        victim):
+    """kill -9 of one of two simulated nodes (the rendezvous host or the other): the survivor stops
+    within seconds with one clear line (which rank, after which step, the last complete checkpoint),
+    exit code 1, and logs the event; the same command on both nodes resumes from that checkpoint and
+    ends with the weights of an uninterrupted single-process run (float tolerance)."""
+    from sciffusion.core.checkpoint import latest_checkpoint
+    from sciffusion.core.config import dump_toml
+
+    cfg = _cfg(points2d, points_data, steps=100000, batch_size=16, ckpt_every=10, log_every=10)
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text(dump_toml(cfg))
+    run, port = tmp_path / "run", _free_port()
+    logs = [open(tmp_path / f"node{r}.log", "w") for r in (0, 1)]
+    nodes = [_cli_node(cfg_file, run, r, port, points2d_env, logs[r]) for r in (0, 1)]
+    try:
+        t = time.monotonic()
+        while latest_checkpoint(run) is None:
+            assert time.monotonic() - t < 240 and all(p.poll() is None for p in nodes), "no checkpoint came"
+            time.sleep(0.2)
+        _kill_node(nodes[victim])
+        survivor = nodes[1 - victim]
+        t = time.monotonic()
+        assert survivor.wait(60) == 1
+        assert time.monotonic() - t < 30
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                _kill_node(p)
+    text = (tmp_path / f"node{1 - victim}.log").read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, text[-3000:]
+    last = latest_checkpoint(run)
+    assert f"rank {1 - victim} of 2 lost contact with the other ranks after step" in errors[0]
+    assert f"the last complete checkpoint is {last}" in errors[0]
+    assert "Traceback" not in text.split("error: ")[0]  # the worker's own output: one line, no traceback
+    if victim == 1:  # rank 0 survives and writes the event
+        assert [r for r in _log(run) if r.get("event") == "peer_lost"][0]["rank"] == 0
+    # the same command again on both nodes (more steps: a few past the checkpoint) resumes and finishes
+    k = load_checkpoint(last).step
+    port = _free_port()
+    for f in logs:
+        f.close()
+    logs = [open(tmp_path / f"rerun{r}.log", "w") for r in (0, 1)]
+    nodes = [_cli_node(cfg_file, run, r, port, points2d_env, logs[r], f"train.steps={k + 4}") for r in (0, 1)]
+    for p in nodes:
+        assert p.wait(240) == 0, (tmp_path / "rerun0.log").read_text()[-3000:]
+    events = [(r["event"], r["step"]) for r in _log(run) if "event" in r]
+    assert events == [("start", 0), ("resume", k)]
+    single = train(points2d, dict(cfg, train=dict(cfg["train"], steps=k + 4)), tmp_path / "single", device="cpu",
+                   progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = _tensors(single.checkpoint, name), _tensors(latest_checkpoint(run), name)
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), (name, key)
