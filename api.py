@@ -114,7 +114,7 @@ def _domain_files(folder: Path, suffix: str) -> list[Path]:
     out = []
     for f in (f for f in folder.rglob("*") if f.name.lower().endswith(suffix.lower())):
         rel = f.relative_to(folder).parts
-        if f.is_file() and not any(part.startswith(".") for part in rel) and not (len(rel) == 1 and f.name in ENGINE_FILES):
+        if f.is_file() and not any(part.startswith(".") for part in rel) and rel[0] not in ENGINE_FILES:
             out.append(f)
     return sorted(out)
 
@@ -138,11 +138,14 @@ def collect_files(paths: Sequence[str | Path], suffix: str) -> list[Path]:
 
 
 def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: str | Path | None = None,
-             skip_bad: bool = False) -> dict[str, Any]:
+             skip_bad: bool = False, out: str | Path | None = None, write: bool = True) -> dict[str, Any]:
     """Read every file (or every domain file inside folders) and compute the domain's metrics.
 
     ``checkpoint`` supplies the training data's facts (data config) where the metrics need them.
-    Bad files raise an error naming the file, or are skipped and counted with ``skip_bad``."""
+    Bad files raise an error naming the file, or are skipped and counted with ``skip_bad``.
+    ``write``: keep ``metrics.json`` and the domain's pictures (``core.evaluation``) in ``out``, by
+    default ``FOLDER/evaluation`` when ``paths`` is one folder (nothing is kept for loose files
+    unless ``out`` is given)."""
     dom = get_domain(domain) if isinstance(domain, str) else domain
     data_config = {}
     if checkpoint is not None:
@@ -163,7 +166,29 @@ def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: s
     metrics = dict(dom.metrics(objects, data_config))
     metrics["files"] = len(objects)
     metrics["skipped"] = len(skipped)
+    folder = evaluation_folder(paths, out) if write else None
+    if folder is not None:
+        from .core.evaluation import write_evaluation
+
+        write_evaluation(dom, objects, metrics, folder, data_config, sources=paths,
+                         checkpoint=None if checkpoint is None else str(checkpoint))
     return metrics
+
+
+def evaluation_folder(paths: Sequence[str | Path], out: str | Path | None = None) -> Path | None:
+    """Where ``evaluate(paths, out=out)`` keeps its record and pictures (None: nowhere)."""
+    from .core.evaluation import default_folder
+
+    return Path(out) if out is not None else default_folder(paths)
+
+
+def report(paths: Sequence[str | Path], out: str | Path | None = None, *, max_items: int = 24) -> Path:
+    """One self-contained HTML page of samples folders and training run folders (``core.report``):
+    metrics, pictures, players, 3D views, model card, config and provenance; written to ``out``
+    (default: ``report.html`` in the first folder). Returns its path."""
+    from .core.report import report as _report
+
+    return _report(paths, out, max_items=max_items)
 
 
 def info(checkpoint: str | Path) -> dict[str, Any]:

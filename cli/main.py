@@ -193,14 +193,33 @@ def evaluate(
     paths: List[Path] = typer.Argument(..., help="Files or folders (folders: every file with the domain's suffix)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint whose training-data facts the metrics use."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files and count them instead of failing."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json and the evaluation's "
+                                                                 "pictures (default: FOLDER/evaluation for one folder)."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Keep metrics.json and the pictures."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Score files written by sciffusion or any other tool."""
+    """Score files written by sciffusion or any other tool; keep the numbers and pictures beside them."""
     from .. import api
 
-    metrics = _run(api.evaluate, domain, paths, checkpoint=checkpoint, skip_bad=skip_bad)
+    metrics = _run(api.evaluate, domain, paths, checkpoint=checkpoint, skip_bad=skip_bad, out=out, write=write)
     _emit(metrics, as_json, lambda m: _table([(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.items()],
                                              title=f"{domain} evaluation"))
+    folder = api.evaluation_folder(paths, out) if write else None
+    if folder is not None:
+        typer.echo(f"wrote {folder}", err=True)
+
+
+@app.command()
+def report(
+    paths: List[Path] = typer.Argument(..., help="Samples folders (sciffusion sample) and/or training run folders."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file (default: report.html in the first folder)."),
+    max_items: int = typer.Option(24, "--max-items", min=0, help="Samples shown per samples folder (the first, by seed)."),
+):
+    """Write one self-contained HTML page: metrics, pictures, players, 3D molecules, card, config, provenance."""
+    from .. import api
+
+    path = _run(api.report, paths, out, max_items=max_items)
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

@@ -22,7 +22,10 @@ Lifecycle
   ``start(batch, seeds, cfg, data_config)`` -> a state to edit and its start time (SDEdit); a sampler produces x0;
   ``decode(x0, cond, data_config)`` -> domain objects; ``write(objects, seeds, folder, ...)`` -> files;
   optionally ``run_picture(files, path, cfg, data_config)`` -> one picture of the run.
-- evaluation: ``read(path)`` -> object; ``metrics(objects, data_config, reference=None)`` -> {name: float}.
+- evaluation: ``read(path)`` -> object; ``metrics(objects, data_config, reference=None)`` -> {name: float};
+  optionally ``evaluation_pictures(objects, metrics, folder, data_config)`` -> pictures beside the numbers.
+- report: optionally ``report_item(path, data_config)`` -> what ``sciffusion report`` shows of one
+  sample file (a picture, a playable clip or a 3D structure; see ``core.report``).
 
 Rules the engine relies on
 - A condition is None or a dict of tensors whose first dimension is the batch (condition dropout
@@ -205,6 +208,18 @@ class Domain(abc.ABC):
         order (at most ``RUN_PICTURE_SAMPLES``), ``cfg`` the run's config. None (the default): no picture."""
         return None
 
+    def report_item(self, path: Path, data_config: dict) -> "dict | None":
+        """What ``sciffusion report`` shows of one sample file ``path``, as one of the report's kinds
+        (``core.report.ITEM_KINDS``), each with an optional "caption" (str):
+
+        - ``{"kind": "image", "path": png}``: a picture;
+        - ``{"kind": "audio", "path": wav, "picture": png or None}``: a player (and its picture);
+        - ``{"kind": "molecule", "atoms": [[symbol, x, y, z], ...], "bonds": [[i, j, order], ...]}``:
+          an interactive 3D view (coordinates in angstrom, atoms counted from 0, order 1, 2, 3 or 1.5).
+
+        None (the default): the sample is listed by name only."""
+        return None
+
     # ------------------------------------------------------------------ evaluation
     @abc.abstractmethod
     def read(self, path: Path) -> Any:
@@ -215,6 +230,13 @@ class Domain(abc.ABC):
         """Quality metrics of a set of objects. ``reference`` is a set of objects to compare with
         (held-out data) when a caller has one; ``sciffusion evaluate`` passes none, so metrics that
         need a reference must find it themselves (e.g. from ``data_config``) or be left out."""
+
+    def evaluation_pictures(self, objects: Sequence[Any], metrics: Mapping[str, Any], folder: Path,
+                            data_config: dict) -> list[Path]:
+        """Pictures that help read an evaluation's numbers (e.g. distributions against the reference
+        data), written atomically into ``folder`` (which exists) as PNG; ``metrics`` are what
+        ``metrics`` returned for ``objects``. Return the paths written. [] (the default): none."""
+        return []
 
     # ------------------------------------------------------------------ shipped model
     def default_checkpoint(self) -> Path | None:

@@ -265,10 +265,12 @@ class DiffusionObjective:
                            timesteps=self.timesteps)
 
     def per_example(self, denoiser: Denoiser, x0: State, t: Tensor, eps: State, cond: Any = None,
-                    self_cond: Tensor | None = None) -> Tensor:
+                    self_cond: Tensor | None = None, parts: dict | None = None) -> Tensor:
         """Weighted loss per example (B,) for given times and noise. ``self_cond`` (B,) bool: the
         examples whose network input gets the model's own x0 estimate, made first without
-        gradient (self-conditioning, Chen et al. 2022); only for a self-conditioned denoiser."""
+        gradient (self-conditioning, Chen et al. 2022); only for a self-conditioned denoiser.
+        ``parts``: a dict to fill with each field's share of the loss per example (B,), float64,
+        detached; the shares sum to the loss."""
         check_t(t)
         process, p = denoiser.process, denoiser.parameterisation
         x_t = diffuse(x0, t, eps, process)
@@ -287,6 +289,7 @@ class DiffusionObjective:
         total = torch.zeros(x0.batch_size, dtype=torch.float64, device=x0.device)
         entries = torch.zeros_like(total)
         discrete = torch.zeros_like(total)
+        sums: dict[str, Tensor] = {}  # each field's weighted sum of squared errors, or its cross-entropy term
         for k in x0.fields:
             fw = (self.field_weights or {}).get(k, 1.0)
             space = x0.space(k)
@@ -295,18 +298,26 @@ class DiffusionObjective:
                 if k in x0.masks:
                     ce = ce * x0.masks[k].to(ce.dtype)
                 rows = x0.layout(k).counts(x0[k][..., 0])
-                discrete = discrete + fw * x0.layout(k).sum_per_example(ce) / rows.clamp_min(1)
+                sums[k] = fw * x0.layout(k).sum_per_example(ce) / rows.clamp_min(1)
+                discrete = discrete + sums[k]
                 continue
             target = x0[k] * x0.expand(a, k).to(x0[k].dtype) + eps[k] * x0.expand(b, k).to(x0[k].dtype)
             err = (F[k] - target).pow(2)
             if k in x0.masks:
                 err = err * expand_mask(x0.masks[k], err).to(err.dtype)
-            total = total + fw * x0.layout(k).sum_per_example(err).to(torch.float64)
+            sums[k] = fw * x0.layout(k).sum_per_example(err).to(torch.float64)
+            total = total + sums[k]
             entries = entries + x0.layout(k).counts(x0[k])
-        loss = total / entries.clamp_min(1)
-        if self.weighting != "uniform":
-            loss = loss * (self.x0_weight(c) * sc.c_out**2).to(loss.device)
-        return loss + discrete
+        w = (self.x0_weight(c) * sc.c_out**2).to(total.device) if self.weighting != "uniform" else None
+
+        def continuous(v: Tensor) -> Tensor:  # a weighted squared error sum to its share of the loss
+            v = v / entries.clamp_min(1)
+            return v if w is None else v * w
+
+        if parts is not None:
+            for k, v in sums.items():
+                parts[k] = (v if x0.space(k).categorical else continuous(v)).detach().to(torch.float64)
+        return continuous(total) + discrete
 
     def __call__(self, denoiser: Denoiser, x0: State, cond: Any = None, *, generator: torch.Generator | None = None,
                  t: Tensor | None = None, eps: State | None = None) -> Tensor:

@@ -28,7 +28,10 @@ PARTS = ".parts"
 MANIFEST = "manifest.jsonl"
 RUN = "run.json"
 RUN_PICTURE = "grid.png"  # the domain's picture of the whole run (Domain.run_picture), when it draws one
-ENGINE_FILES = (MANIFEST, RUN, RUN_PICTURE)  # what the engine writes into a samples folder beside the domain's files
+EVALUATION = "evaluation"  # what `sciffusion evaluate` wrote of the folder: metrics.json and pictures
+REPORT = "report.html"  # what `sciffusion report` wrote of the folder
+# what the engine writes into a samples folder beside the domain's files (never read as samples)
+ENGINE_FILES = (MANIFEST, RUN, RUN_PICTURE, EVALUATION, REPORT)
 _PART = re.compile(r"^shard-(\d+)\.jsonl$")
 # keys of sample.* that never change a sample (left out of the config hash)
 NOT_HASHED = ("batch_size", "shard_size")
@@ -116,8 +119,8 @@ def _listed_files(out: Path) -> Iterator[Path]:
 
 
 def _clear(out: Path) -> None:
-    """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json
-    and the run picture.
+    """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json,
+    the run picture, and the evaluation and report made of them.
     Files nobody listed are left alone."""
     dirs = set()
     for f in set(_listed_files(out)):
@@ -127,6 +130,8 @@ def _clear(out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
     (out / RUN).unlink(missing_ok=True)
     (out / RUN_PICTURE).unlink(missing_ok=True)
+    (out / REPORT).unlink(missing_ok=True)
+    shutil.rmtree(out / EVALUATION, ignore_errors=True)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # sub-folders a domain made, if now empty
         if d != out:
             try:
@@ -258,3 +263,24 @@ def write_manifest(out: Path, shards: list[list[int]]) -> int:
                     f.write(ln + "\n")
                 count += len(lines)
     return count
+
+
+def read_samples(out: Path) -> tuple[dict, list[dict]]:
+    """A samples folder's run record and its manifest rows, in seed-list order; while the run is
+    incomplete, the rows of its complete shards. InputError naming the file when the folder is not
+    a samples folder or its record is damaged."""
+    out = Path(out)
+    run = _read_json(out / RUN)
+    if not isinstance(run, dict) or run.get("format") != FORMAT:
+        what = "is not a sciffusion run record" if (out / RUN).is_file() else "is missing"
+        raise InputError(f"{out / RUN}: {what}; is {out} a folder written by `sciffusion sample`?")
+    if (out / MANIFEST).is_file():
+        rows = _read_lines(out / MANIFEST)
+        if rows is None:
+            raise InputError(f"{out / MANIFEST}: damaged (not one JSON object per line); rerun the same "
+                             f"`sciffusion sample` command to repair it")
+        return run, rows
+    rows = []
+    for part in sorted((out / PARTS).glob("shard-*.jsonl")):  # shard order, each in seed-list order
+        rows.extend(_read_lines(part) or [])
+    return run, rows

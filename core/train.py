@@ -64,6 +64,7 @@ from .io import InputError
 from .registry import as_domain, load_denoiser, provider
 from .noise import mix_seed
 from .objectives import replace_condition
+from .pictures import training_pictures
 from .progress import Progress
 from .run_folder import RESUME_MAY_CHANGE, RunLog, check_folder, init_folder, read_log
 from .sampling import sample_metrics
@@ -314,6 +315,15 @@ class Trainer:
             meta={"domain": self.domain.name, "step": step, "config": self.cfg, "data_config": self.data_config,
                   "metrics": self.metrics, "plugin": provider(self.domain),
                   "train": {"world_size": self.ctx.world, "examples_seen": step * self.B, "train_examples": self.N}})
+        self.draw_pictures()
+
+    def draw_pictures(self) -> None:
+        """loss.png and sample_metrics.png of the run from its log, redrawn at every checkpoint (rank 0);
+        a picture that fails to draw only warns."""
+        try:
+            training_pictures(self.out, title=f"{self.domain.name}: {self.out.name}")
+        except Exception as e:  # noqa: BLE001 - a picture must not stop a run
+            warnings.warn(f"{self.out}: the training pictures failed ({type(e).__name__}: {e})")
 
     def peer_lost(self, error: BaseException) -> PeerLost:
         """The error every surviving rank stops with when another rank is gone (logged by rank 0)."""

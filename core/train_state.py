@@ -153,7 +153,8 @@ class TrainState:
 def validation_losses(domain: Domain, objective, state: TrainState, examples: Sequence, data_config: dict, *, n: int,
                       chunk: int, seed: int, device: torch.device, autocast, cfg: dict) -> dict:
     """The loss of the model and of its EMA on the first ``n`` validation examples, with times and
-    noise fixed by the seed: {"val_loss": ..., "val_loss_ema": ...}."""
+    noise fixed by the seed: {"val_loss": ..., "val_loss_ema": ...}, and where the state has several
+    fields each field's share of the model's loss ("val_loss/<field>", summing to "val_loss")."""
     g = torch.Generator().manual_seed(mix_seed(seed, VAL))
     t_all = objective.sample_t(n, state.den.process, generator=g)
     state.sync_ema_buffers()
@@ -161,16 +162,21 @@ def validation_losses(domain: Domain, objective, state: TrainState, examples: Se
     out = {}
     try:
         for name, den in (("val_loss", state.den), ("val_loss_ema", state.ema_den)):
-            total = 0.0
+            total, fields = 0.0, {}
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
                 seed_everything(mix_seed(seed, VAL, a))
                 batch = domain.collate([examples[i] for i in range(a, b)], data_config).to(device)
                 eps = domain.align_noise(batch.x0, example_noise(batch.x0, range(a, b), mix_seed(seed, VAL)), cfg)
+                parts: dict = {}
                 with autocast():
-                    per = objective.per_example(den, batch.x0, t_all[a:b].to(device), eps, batch.cond)
+                    per = objective.per_example(den, batch.x0, t_all[a:b].to(device), eps, batch.cond, parts=parts)
                 total += float(per.to(torch.float64).sum())
+                for k, v in parts.items():
+                    fields[k] = fields.get(k, 0.0) + float(v.sum())
             out[name] = total / n
+            if name == "val_loss" and len(fields) > 1:
+                out.update({f"val_loss/{k}": v / n for k, v in fields.items()})
     finally:
         state.den.train()
     return out

@@ -69,3 +69,25 @@ def load_script():
         return module
 
     return load
+
+
+ARTIFACTS = Path(os.environ.get("SCIFFUSION_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def browser(load_script):
+    """A headless Chromium driven over the DevTools protocol (tests/browser.py), shared by the
+    session's tests; they skip with the reason when no Chromium is installed."""
+    mod = load_script("tests/browser.py")
+    if mod.find_chromium() is None:
+        pytest.skip("Chromium not found: apt-get install chromium (Debian), or set SCIFFUSION_CHROMIUM")
+    with mod.Browser() as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests keep what a person may want to look at afterwards (screenshots), by default
+    test-artifacts/ in the repository ($SCIFFUSION_TEST_ARTIFACTS)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

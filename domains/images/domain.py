@@ -239,6 +239,13 @@ class ImagesDomain(Domain):
             captions.append(f"{obj.get('seed', Path(f).stem)}" + (f": {obj['label_name']}" if obj.get("label_name") else ""))
         return grid_png(path, images, captions)
 
+    def report_item(self, path: Path, data_config: dict) -> dict | None:
+        """The sample PNG itself, captioned "seed: label"."""
+        meta = _png_metadata(path) if path.suffix.lower() == ".png" else {}
+        label = meta.get("label")
+        return {"kind": "image", "path": path, "caption": f"{meta.get('seed', path.stem)}"
+                + (f": {label}" if label is not None else "")}
+
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> dict:
         """A PNG/JPEG/TIFF/NPY image as values in [0, 1] with sciffusion's metadata; a PNG that
@@ -263,6 +270,19 @@ class ImagesDomain(Domain):
         from .scoring import score
 
         return score(objects, data_config, reference)
+
+    def evaluation_pictures(self, objects: Sequence[Any], metrics: dict, folder: Path, data_config: dict) -> list[Path]:
+        """``pixel_values.png`` (samples against the training images) and, for a labelled model,
+        ``class_accuracy.png`` (the evaluation classifier's accuracy per asked label)."""
+        from ...core.pictures import class_accuracy_picture
+        from .scoring import class_accuracy, intensity_picture
+
+        out = [intensity_picture(objects, data_config, folder / "pixel_values.png")]
+        per_class = class_accuracy(objects, data_config) if metrics.get("classifier") else None
+        if per_class is not None:
+            out.append(class_accuracy_picture(folder / "class_accuracy.png", *per_class,
+                                              title="evaluation classifier: samples read as their asked label"))
+        return out
 
     # ------------------------------------------------------------------ shipped model
     def default_checkpoint(self) -> Path | None:

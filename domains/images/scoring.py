@@ -162,16 +162,63 @@ def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | 
         return out
     clf = evaluation_classifier(ref, labels, table)
     names = list(clf.label_names or []) if clf.kind == "labels" else []
-    gen_labels = ref_labels = None
-    if names:
-        got = [o.get("label_name") for o in objects]
-        if all(g is not None and g in names for g in got):
-            gen_labels = torch.tensor([names.index(g) for g in got])
-        ref_labels = torch.tensor([names.index(lab) for lab in labels])
+    gen_labels = asked_labels(objects, names)
+    ref_labels = torch.tensor([names.index(lab) for lab in labels]) if names else None
     res = evaluate_images(clf, gen, ref, gen_labels=gen_labels, ref_labels=ref_labels)
     out.update({k: float(v) for k, v in res.items() if k != "n"})
     out["classifier"] = 1.0
     return out
+
+
+def asked_labels(objects: Sequence[dict], names: Sequence[str]) -> torch.Tensor | None:
+    """The class index each image was generated for, when every image names one of ``names``."""
+    got = [o.get("label_name") for o in objects]
+    if not names or not all(g is not None and g in names for g in got):
+        return None
+    return torch.tensor([list(names).index(g) for g in got])
+
+
+def class_accuracy(objects: Sequence[dict], data_config: dict) -> tuple[list[str], list[int], list[int]] | None:
+    """Per asked class: (names, images read as their class, images), by the evaluation classifier of
+    ``score``; None when the images are unlabelled or the model has no label classifier."""
+    ref, labels, table = reference_set(data_config)
+    gen = _stack(objects)
+    if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(objects) < 2:
+        return None
+    clf = evaluation_classifier(ref, labels, table)
+    names = list(clf.label_names or []) if clf.kind == "labels" else []
+    asked = asked_labels(objects, names)
+    if asked is None:
+        return None
+    hit = clf.predict(gen) == asked
+    return (names, [int(hit[asked == i].sum()) for i in range(len(names))],
+            [int((asked == i).sum()) for i in range(len(names))])
+
+
+def intensity_picture(objects: Sequence[dict], data_config: dict, path: Path) -> Path:
+    """Histograms of pixel values (0..1) of the samples and of the training images, per channel."""
+    from ...core.pictures import figure, save_figure
+
+    gen = (_stack(objects) + 1) / 2
+    ref = None
+    try:
+        ref = (reference_set(data_config)[0] + 1) / 2
+    except (InputError, KeyError, OSError):
+        pass
+    channels = int(gen.shape[1])
+    with figure(1, channels, width=4.0 * channels, height=3.0) as (fig, axes):
+        for c, ax in enumerate(axes[0]):
+            bins = torch.linspace(0, 1, 33).numpy()
+            ax.hist(gen[:, c].flatten().numpy(), bins=bins, density=True, alpha=0.6, label=f"samples ({len(gen)})")
+            if ref is not None and ref.shape[1] == channels:
+                ax.hist(ref[:, c].flatten().numpy(), bins=bins, density=True, histtype="step", linewidth=1.5,
+                        color="k", label=f"training images ({len(ref)})")
+            ax.set_yscale("log")
+            ax.set_xlabel("pixel value" + (f" (channel {c})" if channels > 1 else ""))
+            ax.set_ylabel("density")
+            ax.legend(fontsize=8)
+        fig.suptitle("pixel values" + ("" if ref is not None else " (no training images found to compare)"))
+        return save_figure(fig, path)
 
 
 def super_resolution_scores(model: Path, samples: int, calls: Sequence[int], work: Path) -> tuple[list[dict], int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +81,7 @@ class MoleculesSample(SampleConfig):
     """``[sample]`` plus the molecules' own key."""
 
     properties: dict = field(default_factory=dict)  # conditional models: {property: value} to generate for
+    grid_picture: bool = True  # write grid.png (the run's first 64 molecules, EDM verdicts) when the run completes
 
 def property_names(data_cfg: dict) -> list[str]:
     """``data.properties`` as a list of distinct names (a single name may be given as a string)."""
@@ -136,9 +137,28 @@ def requested_properties(cfg: dict, data_config: dict) -> dict[str, float] | Non
     return values
 
 
+def molecules_of(objects: Sequence[Any]) -> list[Molecule]:
+    """The molecules of what ``read`` returned for some files (a list per file), in order."""
+    return [m for o in objects for m in (o if isinstance(o, list) else [o])]
+
+
+def sample_label(molecule: Molecule, path: Path) -> str:
+    """A sample's label in pictures: its "seed" SD tag when it has one, else the file's name."""
+    seed = molecule.properties.get("seed")
+    if isinstance(seed, float) and seed.is_integer():
+        return str(int(seed))
+    return str(seed) if seed not in (None, "") else Path(path).stem
+
+
+def bond_order_number(order: float) -> float | int:
+    """RDKit's bond order as the report gives it: 1, 2 or 3, and 1.5 for an aromatic bond."""
+    return int(order) if float(order).is_integer() else float(order)
+
+
 NORM_ONEHOT = 4.0
 NORM_CHARGE = 10.0
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+GRID_CELL = 200  # pixels per molecule of grid.png
 
 
 class MoleculesDomain(Domain):
@@ -364,6 +384,40 @@ class MoleculesDomain(Domain):
             paths.append(write_sdf(Path(folder) / f"{int(seed):08d}.sdf", [mol], [tags]))
         return paths
 
+    def run_picture(self, files: Sequence[Path], path: Path, cfg: dict, data_config: dict) -> Path | None:
+        """grid.png: 2D depictions of the run's first molecules, each captioned "seed | stable |
+        valid" (EDM's verdicts, as the metrics count them) in a frame of the verdict's colour
+        (``output.verdict_colour``); ``sample.grid_picture = false``: none."""
+        from .metrics import molecule_verdict
+        from .output import GRID_SEPARATOR, draw_grid, grid_columns, verdict_colour, verdict_legend
+
+        if not cfg["sample"].get("grid_picture", True):
+            return None
+        mols = [self.read(f)[0] for f in files]
+        verdicts = [molecule_verdict(m) for m in mols]
+        legends = [verdict_legend(sample_label(m, f), v, GRID_SEPARATOR) for m, f, v in zip(mols, files, verdicts)]
+        return draw_grid(path, mols, legends, columns=grid_columns(len(mols)), size=GRID_CELL,
+                         frames=[verdict_colour(v) for v in verdicts])
+
+    def report_item(self, path: Path, data_config: dict) -> dict | None:
+        """The first molecule of a sample file as a 3D structure: its atoms (Angstrom), the bonds the
+        domain infers (EDM's distance rules; aromatic ones 1.5, as the SDF writer sanitises them) and a
+        caption "00000003: C7H10O2 · stable · valid"."""
+        from .metrics import molecule_verdict
+        from .output import rdkit_molecule, verdict_legend
+        from .types import hill_formula
+
+        path = Path(path)
+        mols = self.read(path)
+        mol = mols[0]
+        atoms = [[s, *map(float, xyz)] for s, xyz in zip(mol.symbols, mol.positions.tolist())]
+        bonds = [[b.GetBeginAtomIdx(), b.GetEndAtomIdx(), bond_order_number(b.GetBondTypeAsDouble())]
+                 for b in rdkit_molecule(mol).GetBonds()]
+        caption = verdict_legend(f"{path.stem}: {hill_formula(mol.symbols)}", molecule_verdict(mol))
+        if len(mols) > 1:
+            caption += f" (first of {len(mols)} molecules)"
+        return {"kind": "molecule", "atoms": atoms, "bonds": bonds, "caption": caption}
+
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> list[Molecule]:
         """All molecules of an SDF or XYZ file (written by sciffusion or any other tool)."""
@@ -393,12 +447,26 @@ class MoleculesDomain(Domain):
         on QM9 (``data_config["source"] == "qm9"``; the SMILES set is built once, about a minute, then cached)."""
         from .metrics import evaluate_molecules, qm9_reference_smiles
 
-        mols = [m for o in objects for m in (o if isinstance(o, list) else [o])]
+        mols = molecules_of(objects)
         if not mols:
             raise InputError("no molecules to evaluate")
         train_smiles = qm9_reference_smiles() if data_config.get("source") == "qm9" else None
         out = evaluate_molecules(mols, reference=reference, train_smiles=train_smiles)
         return {k: v for k, v in out.items() if v is not None}
+
+    def evaluation_pictures(self, objects: Sequence[Any], metrics: Mapping[str, Any], folder: Path,
+                            data_config: dict) -> list[Path]:
+        """atom_types.png and bond_lengths.png (``pictures``): the element fractions and the bond-length
+        densities of the molecules against QM9's training data for a QM9 model, alone otherwise."""
+        from .metrics import distribution_stats
+        from .pictures import (ATOM_TYPES_PICTURE, BOND_LENGTHS_PICTURE, atom_types_picture, bond_lengths_picture,
+                               picture_reference)
+
+        generated = distribution_stats(molecules_of(objects))
+        reference, name = picture_reference(data_config)
+        folder = Path(folder)
+        return [atom_types_picture(generated, reference, folder / ATOM_TYPES_PICTURE, name),
+                bond_lengths_picture(generated, reference, folder / BOND_LENGTHS_PICTURE, name)]
 
     # ------------------------------------------------------------------ shipped model
     def default_checkpoint(self) -> Path | None:

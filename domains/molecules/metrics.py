@@ -39,6 +39,7 @@ atoms/bonds on one side) are None.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,19 @@ def _pct(num: float, den: float) -> float:
 
 # ----------------------------------------------------------------------------------------- stability
 
+def all_atoms_stable(atom_stable: np.ndarray) -> bool:
+    """EDM's molecule stability from its atoms' (:func:`.chem.stable_atoms`): the molecule has atoms
+    and every one of them is stable."""
+    return bool(atom_stable.all()) and len(atom_stable) > 0
+
+
+def molecule_stable(molecule: Molecule, bonds: np.ndarray | None = None) -> bool:
+    """Whether one molecule is stable (EDM), as ``molecule_stability`` counts it."""
+    if bonds is None:
+        bonds = bond_matrices([molecule])[0]
+    return all_atoms_stable(stable_atoms(molecule.atomic_numbers, bonds))
+
+
 def stability(molecules: list[Molecule], bonds: list[np.ndarray] | None = None) -> dict:
     """{'atom_stability': %, 'molecule_stability': %} (pooled over atoms / per molecule)."""
     if bonds is None:
@@ -64,7 +78,7 @@ def stability(molecules: list[Molecule], bonds: list[np.ndarray] | None = None) 
         ok = stable_atoms(m.atomic_numbers, b)
         stable_total += int(ok.sum())
         atoms_total += len(ok)
-        stable_mols += bool(ok.all()) and len(ok) > 0
+        stable_mols += all_atoms_stable(ok)
     return {"atom_stability": _pct(stable_total, atoms_total),
             "molecule_stability": _pct(stable_mols, len(molecules))}
 
@@ -89,6 +103,20 @@ def molecule_smiles(molecule: Molecule, bonds: np.ndarray | None = None) -> tupl
     if len(frags) > 1:
         mol = max(frags, key=lambda f: f.GetNumAtoms())
     return Chem.MolToSmiles(mol), len(frags)
+
+
+def molecule_valid(molecule: Molecule, bonds: np.ndarray | None = None) -> bool:
+    """Whether one molecule is valid (EDM: its RDKit molecule sanitises), as ``validity`` counts it."""
+    from rdkit import rdBase
+
+    with rdBase.BlockLogs():  # a failed sanitisation is the answer, not news for stderr
+        return molecule_smiles(molecule, bonds)[0] is not None
+
+
+def molecule_verdict(molecule: Molecule) -> dict[str, bool]:
+    """{'stable': bool, 'valid': bool}: EDM's two judgements of one molecule, from the same bonds."""
+    bonds = bond_matrices([molecule])[0]
+    return {"stable": molecule_stable(molecule, bonds), "valid": molecule_valid(molecule, bonds)}
 
 
 def validity(molecules: list[Molecule], bonds: list[np.ndarray] | None = None) -> dict:
@@ -233,6 +261,22 @@ def distribution_stats(molecules: list[Molecule], bonds: list[np.ndarray] | None
         for k, s, e in zip(uniq.tolist(), starts, list(starts[1:]) + [len(key)]):
             lengths[(symbol(k // 10000), symbol((k // 10) % 1000), k % 10)] = d[s:e]
     return ReferenceStats({symbol(z): int(c) for z, c in enumerate(elem.tolist()) if c}, lengths)
+
+
+#: how many QM9 training molecules the reference distributions of pictures are drawn from
+QM9_REFERENCE_MOLECULES = 2000
+
+
+@functools.lru_cache(maxsize=2)
+def qm9_reference_stats(cache_dir: str | Path | None = None, count: int = QM9_REFERENCE_MOLECULES) -> ReferenceStats:
+    """:func:`distribution_stats` of ``count`` QM9 training molecules spread evenly over the split
+    (GDB order runs from small to large molecules, so not the first ones), kept in memory: the first
+    call takes a few seconds (reading the QM9 cache, :func:`.data.load_qm9`)."""
+    from .data import load_qm9
+
+    train = load_qm9("train", cache_dir)
+    step = max(1, len(train) // max(1, count))
+    return distribution_stats(train[::step][:count])
 
 
 def _tv(p: dict, q: dict) -> float | None:

@@ -40,3 +40,14 @@ class Molecule:
     @property
     def symbols(self) -> list[str]:
         return [symbol(z) for z in self.atomic_numbers]
+
+
+def hill_formula(symbols: list[str]) -> str:
+    """The Hill formula of a list of element symbols: C then H first when there is carbon, every
+    other element alphabetically, counts after symbols (1 left out): ``C7H10O2``."""
+    counts: dict[str, int] = {}
+    for s in symbols:
+        counts[s] = counts.get(s, 0) + 1
+    first = [s for s in ("C", "H") if s in counts] if "C" in counts else []
+    order = first + sorted(s for s in counts if s not in first)
+    return "".join(s + (str(counts[s]) if counts[s] > 1 else "") for s in order)

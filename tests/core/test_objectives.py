@@ -187,3 +187,29 @@ def test_a_small_network_learns_the_ring():
     assert float(radius.median()) == pytest.approx(4.0, abs=0.3)
     assert float(((radius - 4).abs() < 0.8).double().mean()) > 0.85
     assert torch.bincount(ring.component_of(out.double()), minlength=8).min() > 1000 / 8 * 0.5
+
+
+def test_each_fields_share_of_the_loss_is_its_squared_error_over_all_entries():
+    """parts[k] of a two-field state: the x0-prediction loss is the mean squared error over the
+    entries of both fields, so field k's share is its own sum of squared errors over all entries,
+    times the weighting (min-SNR here), and the shares add up to the loss."""
+    proc = VPCosine()
+    B = 8
+    g = torch.Generator().manual_seed(3)
+    x0 = State({"a": torch.randn(B, 4, 3, generator=g, dtype=torch.float64),
+                "b": torch.randn(B, 5, generator=g, dtype=torch.float64)}, B)
+    eps = x0.map(lambda k, v: torch.randn(v.shape, generator=g, dtype=v.dtype))
+    delta = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * 0.2 for k, v in x0.fields.items()}
+    t = torch.rand(B, generator=g, dtype=torch.float64) * 0.8 + 0.1
+
+    def net(x_t, t_, cond):  # predicts x0 + delta exactly
+        return x_t.like({k: x0[k] + delta[k] for k in x0.fields})
+
+    parts: dict = {}
+    loss = DiffusionObjective(weighting="min_snr").per_example(Denoiser(net, proc, "x0"), x0, t, eps, parts=parts)
+    snr = torch.exp(proc.log_snr(t))
+    entries = 4 * 3 + 5
+    for k in ("a", "b"):
+        expected = snr.clamp(max=5.0) * delta[k].pow(2).flatten(1).sum(1) / entries
+        assert torch.allclose(parts[k], expected, rtol=1e-10), k
+    assert torch.allclose(parts["a"] + parts["b"], loss, rtol=1e-12)

@@ -1,0 +1,182 @@
+"""Pictures the engine draws (matplotlib, headless), and the one way every picture is saved.
+
+    with figure(2, 1, width=8) as (fig, axes):   # a Figure and its axes, closed afterwards
+        ...
+        save_figure(fig, "run/loss.png")          # atomically, PNG
+
+    training_pictures(run)   # loss.png and, when the log has them, sample_metrics.png
+
+The training pictures read only the run's ``log.jsonl`` (``core.run_folder.read_log``), so they can be
+drawn again at any time from a finished or a killed run:
+
+- ``loss.png``: the training loss per log line (mean over its steps), the validation losses of the
+  model and of its EMA, and, where the objective has several fields, the validation loss of each
+  field ("val_loss/<field>") in a panel of its own; the learning rate on a second axis beside it.
+- ``sample_metrics.png``: one panel per training-time sample metric ("sample/<name>") over steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from .io import atomic_path
+
+LOSS_PICTURE = "loss.png"
+SAMPLE_METRICS_PICTURE = "sample_metrics.png"
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # headless: no display is ever needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextlib.contextmanager
+def figure(rows: int = 1, cols: int = 1, *, width: float = 8.0, height: float = 3.0, **kw) -> Iterator:
+    """A matplotlib Figure of ``rows`` x ``cols`` panels (``height`` inches each row) and its axes
+    array (always 2D), closed when the block ends."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height * rows), squeeze=False, **kw)
+    try:
+        yield fig, axes
+    finally:
+        plt.close(fig)
+
+
+def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` to ``path`` as PNG, atomically (a reader sees the old picture or the new one)."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def series(records: Sequence[Mapping], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` over the log records that hold a finite number for it."""
+    steps, values = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            steps.append(int(r.get("step", 0)))
+            values.append(float(v))
+    return steps, values
+
+
+def _keys(records: Sequence[Mapping], prefix: str) -> list[str]:
+    return sorted({k for r in records for k in r if k.startswith(prefix)})
+
+
+def _positive(values: Sequence[float]) -> bool:
+    return bool(values) and min(values) > 0
+
+
+def loss_picture(records: Sequence[Mapping], path: str | Path, title: str = "") -> Path | None:
+    """``loss.png`` from the log records; None when the log has no loss yet."""
+    main = [k for k in ("loss", "val_loss", "val_loss_ema") if series(records, k)[0]]
+    fields = [k for k in _keys(records, "val_loss/") if series(records, k)[0]]
+    if not main:
+        return None
+    rows = 2 if len(fields) > 1 else 1
+    with figure(rows, 1, width=8, height=3.2) as (fig, axes):
+        ax = axes[0][0]
+        for k in main:
+            s, v = series(records, k)
+            ax.plot(s, v, marker="." if len(s) < 30 else None, label=k.replace("_", " "))
+        if all(_positive(series(records, k)[1]) for k in main):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(title or "training loss")
+        ax.grid(alpha=0.3)
+        lr_steps, lr = series(records, "lr")
+        handles, labels = ax.get_legend_handles_labels()
+        if lr_steps:
+            ax2 = ax.twinx()
+            line, = ax2.plot(lr_steps, lr, color="0.55", linestyle="--", linewidth=1)
+            ax2.set_ylabel("learning rate")
+            handles, labels = handles + [line], labels + ["learning rate"]
+        ax.legend(handles, labels, loc="upper right", fontsize=8)
+        if rows == 2:
+            ax = axes[1][0]
+            for k in fields:
+                s, v = series(records, k)
+                ax.plot(s, v, marker="." if len(s) < 30 else None, label=k.split("/", 1)[1])
+            if all(_positive(series(records, k)[1]) for k in fields):
+                ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel("validation loss")
+            ax.set_title("validation loss per field")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="upper right", fontsize=8)
+        return save_figure(fig, path)
+
+
+def sample_metrics_picture(records: Sequence[Mapping], path: str | Path, title: str = "") -> Path | None:
+    """``sample_metrics.png``: a panel per "sample/<metric>" over steps; None when there are none."""
+    keys = [k for k in _keys(records, "sample/") if k != "sample/network_calls" and series(records, k)[0]]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    with figure(rows, cols, width=4.0 * cols, height=2.8) as (fig, axes):
+        for i, ax in enumerate(axes.flat):
+            if i >= len(keys):
+                ax.set_visible(False)
+                continue
+            s, v = series(records, keys[i])
+            ax.plot(s, v, marker="o", markersize=3)
+            ax.set_title(keys[i].split("/", 1)[1], fontsize=10)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        if title:
+            fig.suptitle(title)
+        return save_figure(fig, path)
+
+
+def training_pictures(run: str | Path, title: str = "") -> list[Path]:
+    """Draw ``loss.png`` and ``sample_metrics.png`` of a run folder from its log; the paths drawn."""
+    from .run_folder import read_log
+
+    run = Path(run)
+    records = read_log(run)
+    drawn = [loss_picture(records, run / LOSS_PICTURE, title),
+             sample_metrics_picture(records, run / SAMPLE_METRICS_PICTURE, title)]
+    return [p for p in drawn if p is not None]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def class_accuracy_picture(path: str | Path, names: Sequence[str], correct: Sequence[int], counts: Sequence[int],
+                           title: str = "") -> Path:
+    """Bars of a classifier's accuracy on the samples of each asked class (``correct[i]`` of
+    ``counts[i]`` samples of class ``names[i]`` read as that class), each labelled with its count;
+    the overall accuracy as a dashed line."""
+    if not (len(names) == len(correct) == len(counts)) or not names:
+        raise ValueError("class_accuracy_picture: one name, correct count and sample count per class")
+    acc = [c / n if n else 0.0 for c, n in zip(correct, counts)]
+    overall = sum(correct) / max(1, sum(counts))
+    with figure(1, 1, width=max(6.0, 0.55 * len(names) + 2), height=3.6) as (fig, axes):
+        ax = axes[0][0]
+        bars = ax.bar(range(len(names)), [100 * a for a in acc], color="#4c72b0")
+        for b, n in zip(bars, counts):
+            ax.annotate(f"n={n}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax.axhline(100 * overall, color="0.3", linestyle="--", linewidth=1, label=f"overall {100 * overall:.1f} %")
+        ax.set_xticks(range(len(names)), [str(n) for n in names])
+        ax.set_ylim(0, 110)
+        ax.set_xlabel("asked class")
+        ax.set_ylabel("read as asked (%)")
+        ax.set_title(title or "classifier accuracy per class")
+        ax.legend(loc="lower right", fontsize=8)
+        return save_figure(fig, path)
