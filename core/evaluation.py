@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from .domain import Domain
 from .io import InputError, atomic_write_json
-from .sample_folder import EVALUATION
+from .sample_folder import EVALUATION, RUN
 
 METRICS = "metrics.json"
 
@@ -28,6 +28,27 @@ def default_folder(paths: Sequence[str | Path]) -> Path | None:
     if len(paths) == 1 and Path(paths[0]).is_dir():
         return Path(paths[0]) / EVALUATION
     return None
+
+
+def samples_checkpoint(paths: Sequence[str | Path]):
+    """The checkpoint that generated ``paths`` when they are one samples folder whose run record
+    names a checkpoint still readable here with the same hash (its data facts serve the metrics),
+    else None; a checkpoint that moved or changed is warned of."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .sample_folder import read_samples
+
+    if len(paths) != 1 or not (Path(paths[0]) / RUN).is_file():
+        return None
+    try:
+        run, _ = read_samples(Path(paths[0]))
+        ckpt = load_checkpoint(run["checkpoint"])
+    except (InputError, CheckpointError, KeyError, OSError, TypeError):
+        ckpt = None
+    if ckpt is None or ckpt.hash != run.get("checkpoint_hash"):
+        warnings.warn(f"{paths[0]}: the checkpoint that wrote these samples is not here as it was; the metrics "
+                      f"that need its training-data facts are left out (give --checkpoint)")
+        return None
+    return ckpt
 
 
 def write_evaluation(domain: Domain, objects: Sequence[Any], metrics: Mapping[str, Any], folder: str | Path,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-__all__ = ["as_float64", "probabilities", "gaussian_stats", "psd_sqrt", "frechet_distance", "fid",
+__all__ = ["confusion_matrix", "as_float64", "probabilities", "gaussian_stats", "psd_sqrt", "frechet_distance", "fid",
            "per_class_fid", "per_class_fid_defined", "inception_score", "modified_inception_score",
            "am_score", "accuracy", "kmeans", "nearest_centroid", "ndb_k"]
 
@@ -121,6 +121,14 @@ def am_score(probs, ref_probs, logits: bool = False) -> float:
     kl = float((pr * (np.log(pr) - np.log(pg))).sum())
     ent = float(-(p * np.log(p)).sum(axis=1).mean())
     return kl + ent
+
+
+def confusion_matrix(asked, heard, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts of samples: row = the requested label, column = the label the
+    classifier gave (arg-max class)."""
+    out = np.zeros((int(n_classes), int(n_classes)), dtype=np.int64)
+    np.add.at(out, (np.asarray(asked, dtype=np.int64), np.asarray(heard, dtype=np.int64)), 1)
+    return out
 
 
 def accuracy(probs_or_logits, labels) -> float:

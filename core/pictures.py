@@ -157,26 +157,46 @@ def training_pictures(run: str | Path, title: str = "") -> list[Path]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def class_accuracy_picture(path: str | Path, names: Sequence[str], correct: Sequence[int], counts: Sequence[int],
-                           title: str = "") -> Path:
-    """Bars of a classifier's accuracy on the samples of each asked class (``correct[i]`` of
-    ``counts[i]`` samples of class ``names[i]`` read as that class), each labelled with its count;
-    the overall accuracy as a dashed line."""
-    if not (len(names) == len(correct) == len(counts)) or not names:
-        raise ValueError("class_accuracy_picture: one name, correct count and sample count per class")
-    acc = [c / n if n else 0.0 for c, n in zip(correct, counts)]
-    overall = sum(correct) / max(1, sum(counts))
-    with figure(1, 1, width=max(6.0, 0.55 * len(names) + 2), height=3.6) as (fig, axes):
+def class_accuracy_picture(path: str | Path, confusion, names: Sequence[str], title: str = "",
+                           item: str = "sample") -> Path:
+    """Bars of a classifier's accuracy per asked label (the number of ``item``s asked under each name;
+    the overall accuracy as a dashed line) beside the confusion matrix ``confusion`` (rows asked,
+    columns the label the classifier gave)."""
+    import numpy as np
+
+    confusion = np.asarray(confusion, dtype=np.int64)
+    counts, correct = confusion.sum(axis=1), np.diag(confusion)
+    accuracy = np.divide(correct, counts, out=np.zeros(len(counts)), where=counts > 0)
+    overall = float(correct.sum() / max(int(counts.sum()), 1))
+    x = np.arange(len(names))
+    from matplotlib.ticker import MaxNLocator
+
+    with figure(1, 2, width=13.0, height=4.8, gridspec_kw={"width_ratios": [1.3, 1.0]}) as (fig, axes):
         ax = axes[0][0]
-        bars = ax.bar(range(len(names)), [100 * a for a in acc], color="#4c72b0")
-        for b, n in zip(bars, counts):
-            ax.annotate(f"n={n}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
-        ax.axhline(100 * overall, color="0.3", linestyle="--", linewidth=1, label=f"overall {100 * overall:.1f} %")
-        ax.set_xticks(range(len(names)), [str(n) for n in names])
-        ax.set_ylim(0, 110)
-        ax.set_xlabel("asked class")
-        ax.set_ylabel("read as asked (%)")
-        ax.set_title(title or "classifier accuracy per class")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.bar(x, accuracy, color="tab:blue")
+        for i in np.flatnonzero(counts):
+            ax.text(i, accuracy[i] + 0.02, f"{correct[i]}/{counts[i]}", ha="center", fontsize=8)
+        ax.axhline(overall, color="0.3", linestyle="--", linewidth=1, label=f"overall {overall:.1%}")
+        ax.set_xticks(x, [f"{n}\n({c} {item}{'' if c == 1 else 's'})" for n, c in zip(names, counts)], fontsize=8)
+        ax.set_ylim(0, 1.25)
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_xlabel("asked label")
+        ax.set_ylabel("classifier accuracy")
+        ax.set_title(f"accuracy per asked label, {int(counts.sum())} {item}s, overall {overall:.1%}", fontsize=10)
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax = axes[0][1]
+        im = ax.imshow(confusion, cmap="Blues", vmin=0)
+        for (r, c), v in np.ndenumerate(confusion):
+            if v:
+                ax.text(c, r, str(v), ha="center", va="center", fontsize=7,
+                        color="white" if v > 0.6 * confusion.max() else "black")
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_yticks(x, names, fontsize=8)
+        ax.set_xlabel("label given by the classifier")
+        ax.set_ylabel("asked label")
+        ax.set_title(f"confusion matrix ({item}s)", fontsize=10)
+        fig.colorbar(im, ax=ax, label=f"{item}s").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if title:
+            fig.suptitle(title)
         return save_figure(fig, path)

@@ -67,12 +67,74 @@ def test_an_images_samples_folder_with_its_evaluation(browser, artifacts, tmp_pa
     facts = _look(browser, page, artifacts / "report-images.png")
     assert facts["errors"] == []
     _screenshot_ok(artifacts / "report-images.png")
-    # grid.png, pixel_values.png, class_accuracy.png and the 12 samples, all decoded by the browser
+    # grid.png, pixel_values.png, per_class_accuracy.png and the 12 samples, all decoded by the browser
     assert facts["images"] == facts["images_drawn"] == 3 + 12
     assert facts["tables"] >= 2 and facts["audio"] == 0 and facts["canvases"] == 0
     assert f"{metrics['fid']:.4g}" in facts["text"]
     assert "checkpoint sha256" in facts["text"] and "network calls per sample" in facts["text"]
     assert "model card" in facts["text"]
+
+
+def test_a_molecules_samples_folder_has_a_3d_view_per_molecule(browser, artifacts, tmp_path):
+    out = tmp_path / "qm9"
+    sciffusion.sample("molecules", out, n=6, steps=5, progress=False)
+    sciffusion.evaluate("molecules", [out])  # its checkpoint's data facts come from run.json
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["checkpoint"]
+    facts = _look(browser, report([out]), artifacts / "report-molecules.png")
+    assert facts["errors"] == []
+    _screenshot_ok(artifacts / "report-molecules.png")
+    assert facts["canvases"] == facts["canvases_drawn"] == 6
+    assert all(n >= 4 for n in facts["canvas_colours"])  # white, bonds and atoms of several elements
+    assert facts["images"] == facts["images_drawn"] == 3  # grid.png, atom_types.png, bond_lengths.png
+    assert "molecule_stability" in facts["text"] and "novelty" in facts["text"]
+
+
+def test_the_molecule_viewer_turns_with_the_mouse(browser, tmp_path):
+    out = tmp_path / "one"
+    sciffusion.sample("molecules", out, n=1, steps=5, progress=False)
+    page = browser.open(report([out]))
+    try:
+        grab = "(() => { const c = document.querySelector('canvas.molecule-view'); return c.toDataURL(); })()"
+        before = page.evaluate(grab)
+        page.evaluate("""(() => { const c = document.querySelector('canvas.molecule-view');
+            const r = c.getBoundingClientRect(), x = r.left + 50, y = r.top + 50;
+            c.dispatchEvent(new MouseEvent('mousedown', {clientX: x, clientY: y, bubbles: true}));
+            window.dispatchEvent(new MouseEvent('mousemove', {clientX: x + 80, clientY: y + 30}));
+            window.dispatchEvent(new MouseEvent('mouseup', {}));
+            return true; })()""")
+        turned = page.evaluate(grab)
+        page.evaluate("document.querySelector('canvas.molecule-view').dispatchEvent(new MouseEvent('dblclick'))")
+        assert turned != before and page.evaluate(grab) == before  # double-click resets the view
+        assert page.console_errors == []
+    finally:
+        page.close()
+
+
+DURATIONS = """Promise.all([...document.querySelectorAll('audio')].map(a => a.readyState >= 1 ? a.duration :
+  new Promise((ok, fail) => { a.addEventListener('loadedmetadata', () => ok(a.duration));
+                              a.addEventListener('error', () => fail(new Error('clip did not decode'))); })))"""
+
+
+def test_an_audio_samples_folder_has_a_player_and_a_spectrogram_per_clip(browser, artifacts, tmp_path):
+    from sciffusion.domains.audio.data import fsdd_root
+
+    out = tmp_path / "sevens"
+    sciffusion.sample("audio", out, n=3, steps=4, overrides=["sample.label=7"], progress=False)
+    evaluated = fsdd_root() is not None  # the classifier's reference is FSDD
+    if evaluated:
+        sciffusion.evaluate("audio", [out])
+    facts = _look(browser, report([out]), artifacts / "report-audio.png")
+    assert facts["errors"] == []
+    _screenshot_ok(artifacts / "report-audio.png")
+    assert facts["audio"] == 3
+    page = browser.open(out / "report.html")
+    try:
+        assert all(d > 0.2 for d in page.evaluate(DURATIONS))  # each clip decodes in the browser's player
+    finally:
+        page.close()
+    # grid.png and a spectrogram per clip (+ the accuracy picture when evaluated)
+    assert facts["images"] == facts["images_drawn"] == 1 + 3 + int(evaluated)
+    assert "00000002: label 7" in facts["text"]
 
 
 def test_a_training_run_folder_shows_its_pictures_events_and_checkpoints(browser, artifacts, tmp_path):

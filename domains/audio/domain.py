@@ -7,7 +7,10 @@ cond: ``{"label": (B,) int64}`` indices into the data config's ``label_names``; 
 ``len(label_names)`` is the null label (classifier-free guidance); None for an unlabelled model.
 
 Objects (``decode`` / ``read``): dicts ``{"wave": float32 ndarray, "sample_rate": int, "label": int
-(-1 unknown), "label_name": str | None, "mel": ndarray | None}``.
+(-1 unknown), "label_name": str | None, "mel": ndarray | None}`` (``read`` adds "file" and "seed").
+
+Pictures (``output``): ``{seed}.png`` beside each WAV (``write``), ``grid.png`` of a run
+(``run_picture``), ``per_class_accuracy.png`` of an evaluation (``evaluation_pictures``).
 """
 
 from __future__ import annotations
@@ -34,10 +37,47 @@ from .vocoder import VocoderDomain, load_vocoder
 
 CLASSIFIER_STEPS = 800
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+GRID_CLIPS = 16  # panels of grid.png (the run's first clips by seed)
+ACCURACY_PICTURE = "per_class_accuracy.png"
 
 
 def _label_key(value) -> str | None:
     return None if value is None else str(value)
+
+
+def _seed_and_label(path: Path) -> tuple[int | None, str | None]:
+    """(seed, label) of an audio file from the JSON sciffusion writes into a WAV's comment
+    (``output.write_wav``); else no seed, and the label of an FSDD-style file name, if any."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            meta = json.loads(f.comment) if f.comment else {}
+    except (ValueError, RuntimeError, AttributeError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    label = meta.get("label")
+    if label is None:
+        label = label_of(Path(path).name, FSDD_PATTERN)
+    seed = meta.get("seed")
+    return (seed if isinstance(seed, int) and not isinstance(seed, bool) else None), _label_key(label)
+
+
+def _caption(seed, label, path: Path) -> str:
+    """"00000003: label 7": the seed (else the file's stem) and, when known, the label."""
+    name = f"{int(seed):08d}" if isinstance(seed, int) else Path(path).stem
+    return name if label is None else f"{name}: label {label}"
+
+
+def _clips_key(waves: Sequence[torch.Tensor], classifier) -> str:
+    """A digest of clips' samples and of the classifier settings that judge them."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"mel": classifier.mel_config.to_dict(), "clip": classifier.clip_samples},
+                        sort_keys=True).encode())
+    for w in waves:
+        h.update(str(w.numel()).encode())
+        h.update(w.float().numpy().tobytes())
+    return h.hexdigest()
 
 
 class AudioDomain(Domain):
@@ -48,6 +88,7 @@ class AudioDomain(Domain):
     def __init__(self):
         self._decode_opts: dict = {}
         self._fsdd_test = None  # FSDD's test split, loaded for the first picture that shows a real clip
+        self._verdicts = None   # (clips key, labels the classifier heard) of the last clips it judged
 
     def tables(self) -> dict:
         return {"model": AudioModel, "data": AudioData, "sample": AudioSample}
@@ -256,7 +297,7 @@ class AudioDomain(Domain):
             if real is not None:
                 mels.append(waveform_to_mel(real[0], mel_cfg).numpy())
                 titles.append(f"real (FSDD test): {real[1]}")
-        return spectrogram_png(path, mels, titles, columns=2)
+        return spectrogram_png(path, mels, titles, mel_config=mel_cfg, columns=2)
 
     def _real_clip(self, label: str | None, seed: int, data_config: dict):
         """(wave, file name) of an FSDD test clip with this label, or None (not an FSDD model / absent)."""
@@ -272,10 +313,34 @@ class AudioDomain(Domain):
         i = idx[seed % len(idx)]
         return test.waves[i], Path(test.files[i]).name
 
+    def run_picture(self, files: Sequence[Path], path: Path, cfg: dict, data_config: dict) -> Path | None:
+        """grid.png: the log-mel spectrograms of the run's first ``GRID_CLIPS`` WAVs (as written, i.e.
+        after the vocoder), each titled with its seed and label (``sample.grid_picture``)."""
+        from .output import spectrogram_png
+
+        if not (cfg.get("sample") or {}).get("grid_picture", True) or not files:
+            return None
+        mel_cfg = self.mel_config(data_config)
+        clips = [self.read(f) for f in files[:GRID_CLIPS]]
+        waves = self._at_rate(clips, mel_cfg.sample_rate)
+        mels = [waveform_to_mel(w, mel_cfg).numpy() for w in waves]
+        titles = [_caption(c.get("seed"), c.get("label_name"), c["file"]) for c in clips]
+        return spectrogram_png(path, mels, titles, mel_config=mel_cfg,
+                               title=f"the first {len(mels)} clips by seed (log-mel of the WAVs)")
+
+    def report_item(self, path: Path, data_config: dict) -> dict | None:
+        """A sample WAV as the report shows it: a player, its ``{seed}.png`` when there is one, and
+        the caption "00000003: label 7"."""
+        path = Path(path)
+        picture = path.with_suffix(".png")
+        return {"kind": "audio", "path": path, "picture": picture if picture.is_file() else None,
+                "caption": _caption(*_seed_and_label(path), path)}
+
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> dict:
         """A WAV/FLAC file at its own rate (``metrics`` resamples to the model's): the label comes
-        from sciffusion's WAV comment, else from an FSDD-style file name, else unknown."""
+        from sciffusion's WAV comment, else from an FSDD-style file name, else unknown; the seed
+        from the comment (None for other files)."""
         import soundfile as sf
 
         path = Path(path)
@@ -284,17 +349,9 @@ class AudioDomain(Domain):
         except Exception as e:
             raise InputError(f"{path}: not a readable audio file ({type(e).__name__}: {e})") from None
         wave = load_audio_file(path, int(info.samplerate), downmix=True)
-        label = None
-        try:
-            with sf.SoundFile(str(path)) as f:
-                meta = json.loads(f.comment) if f.comment else {}
-            label = meta.get("label") if isinstance(meta, dict) else None
-        except (ValueError, RuntimeError, AttributeError):
-            label = None
-        if label is None:
-            label = label_of(path.name, FSDD_PATTERN)
+        seed, label = _seed_and_label(path)
         return {"wave": wave.numpy(), "sample_rate": int(info.samplerate), "label": -1,
-                "label_name": _label_key(label), "mel": None, "file": str(path)}
+                "label_name": label, "mel": None, "file": str(path), "seed": seed}
 
     def _at_rate(self, objects: Sequence[dict], rate: int) -> list[torch.Tensor]:
         import torchaudio
@@ -306,6 +363,37 @@ class AudioDomain(Domain):
                 w = torchaudio.functional.resample(w, int(o["sample_rate"]), rate)
             out.append(w)
         return out
+
+    @staticmethod
+    def _evaluation_mel(data_config: dict) -> MelConfig:
+        """The mel settings clips are evaluated with: the model's, else (no checkpoint) the defaults."""
+        return mel_config_of(data_config) if data_config.get("mel") else MelConfig()
+
+    def evaluation_classifier(self, data_config: dict):
+        """The digit classifier that scores clips for this data config ({}: standalone evaluation):
+        None for a model not trained on FSDD, or when FSDD is absent (``classifier``)."""
+        if data_config and data_config.get("source") != "fsdd":
+            return None
+        mel_cfg = self._evaluation_mel(data_config)
+        return self.classifier(mel_cfg, int(data_config.get("samples", mel_cfg.sample_rate)))
+
+    @staticmethod
+    def _asked(objects: Sequence[dict], names: Sequence[str]) -> torch.Tensor | None:
+        """The label index asked for each clip, or None unless every clip has one of ``names``."""
+        labs = [o.get("label_name") for o in objects]
+        if not all(lab is not None and lab in names for lab in labs):
+            return None
+        return torch.tensor([list(names).index(lab) for lab in labs], dtype=torch.long)
+
+    def _heard(self, clf, waves: Sequence[torch.Tensor], logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The label index the classifier hears in each clip: the arg-max of ``logits`` when the caller
+        ran it (remembered), else what it heard in the same clips last time (``metrics``), else run now."""
+        key = _clips_key(waves, clf)
+        if logits is not None:
+            self._verdicts = (key, logits.argmax(dim=1))
+        elif self._verdicts is None or self._verdicts[0] != key:
+            self._verdicts = (key, clf.predict(waves))
+        return self._verdicts[1]
 
     def classifier(self, mel_cfg: MelConfig, clip_samples: int):
         """The FSDD evaluation classifier for these mel settings (trained once, about half a minute on
@@ -332,32 +420,44 @@ class AudioDomain(Domain):
         and ``accuracy`` / ``fid_class`` when the clips' labels are known); ``classifier`` is 1 then, else 0."""
         if not objects:
             raise InputError("no audio clips to evaluate")
-        mel_cfg = self.mel_config(data_config) if data_config.get("mel") else MelConfig()
-        rate = mel_cfg.sample_rate
+        rate = self._evaluation_mel(data_config).sample_rate
         waves = self._at_rate(objects, rate)
         rms = np.array([float(torch.sqrt((w.double() ** 2).mean())) if w.numel() else 0.0 for w in waves])
         out: dict = {"n": len(waves), "duration_s": float(np.mean([w.numel() / rate for w in waves])),
                      "rms": float(rms.mean()), "silent": float((rms < 1e-4).mean()), "classifier": 0.0}
-        if data_config and data_config.get("source") != "fsdd":
-            return out
-        clip = int(data_config.get("samples", rate))
-        clf = self.classifier(mel_cfg, clip)
+        clf = self.evaluation_classifier(data_config)
         if clf is None:
             return out
         from .metrics import evaluate_samples
 
-        ref = load_fsdd("train", length=clip)
-        names = clf.label_names
-        labs = [o.get("label_name") for o in objects]
-        gen_labels = None
-        if all(lab is not None and lab in names for lab in labs):
-            gen_labels = torch.tensor([names.index(lab) for lab in labs])
-        res = evaluate_samples(clf, waves, ref, gen_labels=gen_labels, ref_labels=ref.labels)
+        ref = load_fsdd("train", length=clf.clip_samples)
+        gen = clf.features_and_logits(waves)
+        self._heard(clf, waves, gen[1])
+        res = evaluate_samples(clf, waves, ref, gen_labels=self._asked(objects, clf.label_names),
+                               ref_labels=ref.labels, gen_outputs=gen)
         out.update({k: float(v) for k, v in res.items() if k != "n"})
         out["classifier"] = 1.0
         if len(waves) < 2 or not math.isfinite(out.get("fid", 0.0)):
             out.pop("fid", None)
         return out
+
+    def evaluation_pictures(self, objects: Sequence[Any], metrics: dict, folder: Path, data_config: dict) -> list[Path]:
+        """``per_class_accuracy.png``: the digit classifier's accuracy per asked label and its confusion
+        matrix, from what it heard in these clips when ``metrics`` scored them; [] when the metrics had
+        no classifier, or without one, or unless every clip's label is one of the classifier's."""
+        from ...core.features import confusion_matrix
+        from ...core.pictures import class_accuracy_picture
+
+        if not objects or metrics.get("classifier") == 0.0:
+            return []
+        clf = self.evaluation_classifier(data_config)
+        asked = None if clf is None else self._asked(objects, clf.label_names)
+        if asked is None:
+            return []
+        heard = self._heard(clf, self._at_rate(objects, clf.mel_config.sample_rate))
+        confusion = confusion_matrix(asked, heard, len(clf.label_names))
+        return [class_accuracy_picture(Path(folder) / ACCURACY_PICTURE, confusion, clf.label_names,
+                                       title="the FSDD digit classifier on the evaluated clips", item="clip")]
 
     def reference_metrics(self, griffin_lim_iters: int = 32) -> dict[str, dict]:
         """The protocol's anchors on FSDD (needs FSDD): ``test`` = the 250 test-split clips scored like

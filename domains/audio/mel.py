@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -33,7 +34,7 @@ from ...core.io import InputError
 
 __all__ = ["MelConfig", "MelConfigMismatch", "DEFAULT_MEL", "waveform_to_mel", "mel_to_waveform",
            "mel_to_linear", "denormalise_mel", "mel_filterbank", "stft_magnitude", "num_frames", "clip_wave",
-           "mel_config_of", "run_mel_config", "check_mel"]
+           "mel_config_of", "run_mel_config", "check_mel", "mel_db", "mel_frequencies", "frame_times"]
 
 
 class MelConfigMismatch(ValueError):
@@ -220,10 +221,41 @@ def waveform_to_mel(wav: torch.Tensor, cfg: MelConfig = DEFAULT_MEL) -> torch.Te
     return mel[0] if single else mel
 
 
+def mel_db(mel: torch.Tensor, cfg: MelConfig = DEFAULT_MEL) -> torch.Tensor:
+    """Levels in dB of a normalised mel (the fixed normalisation undone): [-1, 1] -> [db_min, db_max]."""
+    return (torch.as_tensor(mel, dtype=torch.float32) + 1.0) * 0.5 * (cfg.db_max - cfg.db_min) + cfg.db_min
+
+
 def denormalise_mel(mel: torch.Tensor, cfg: MelConfig = DEFAULT_MEL) -> torch.Tensor:
     """Inverse of the normalisation: linear mel energies (magnitude ** power)."""
-    db = (torch.as_tensor(mel, dtype=torch.float32) + 1.0) * 0.5 * (cfg.db_max - cfg.db_min) + cfg.db_min
-    return torch.pow(10.0, db / cfg.db_scale)
+    return torch.pow(10.0, mel_db(mel, cfg) / cfg.db_scale)
+
+
+def _hz_to_mel(hz: torch.Tensor, scale: str) -> torch.Tensor:
+    if scale == "htk":
+        return 2595.0 * torch.log10(1.0 + hz / 700.0)
+    # Slaney: linear (3 bands per 200 Hz) below 1 kHz, logarithmic above (27 bands per factor 6.4)
+    return torch.where(hz < 1000.0, hz * 3.0 / 200.0, 15.0 + torch.log(hz / 1000.0) * 27.0 / math.log(6.4))
+
+
+def _mel_to_hz(mel: torch.Tensor, scale: str) -> torch.Tensor:
+    if scale == "htk":
+        return 700.0 * (torch.pow(10.0, mel / 2595.0) - 1.0)
+    return torch.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * torch.exp((mel - 15.0) * math.log(6.4) / 27.0))
+
+
+def mel_frequencies(cfg: MelConfig = DEFAULT_MEL) -> torch.Tensor:
+    """Centre frequency in Hz of each mel band (n_mels,), float64: the filterbank's triangles have
+    their corners at n_mels + 2 points equally spaced on the config's mel scale from f_min to f_max,
+    and band i peaks at the (i + 1)-th point."""
+    lo, hi = (_hz_to_mel(torch.tensor(f, dtype=torch.float64), cfg.mel_scale) for f in (cfg.f_min, cfg.f_max))
+    return _mel_to_hz(torch.linspace(float(lo), float(hi), cfg.n_mels + 2, dtype=torch.float64), cfg.mel_scale)[1:-1]
+
+
+def frame_times(frames: int, cfg: MelConfig = DEFAULT_MEL) -> torch.Tensor:
+    """Time in seconds of the centre of each of ``frames`` frames (float64): frames are centred
+    (``center=True``), so frame t is centred on sample t * hop_length."""
+    return torch.arange(int(frames), dtype=torch.float64) * cfg.hop_length / cfg.sample_rate
 
 
 @functools.lru_cache(maxsize=16)

@@ -15,7 +15,9 @@ Protocol (DiffWave, SC09; here any labelled set, e.g. FSDD): a classifier traine
   generated clip goes to its nearest centroid; a bin is statistically different when a two-sided
   two-proportion z-test on (reference share, generated share) rejects at ``alpha``;
   NDB/K = different bins / K (lower is better).
-- ``accuracy``: classifier accuracy on class-conditional samples against the requested labels.
+- ``accuracy``: classifier accuracy on class-conditional samples against the requested labels;
+  ``confusion_matrix`` counts clips per (requested, heard) label pair, its trace over its sum is
+  the accuracy and its rows give the accuracy per class.
 - ``per_class_fid``: mean over classes of the FID between generated and reference clips of that class.
 
 Numbers are returned as Python floats; inputs are tensors or arrays (converted to float64).
@@ -27,27 +29,30 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ...core.features import (accuracy, am_score, fid, frechet_distance, gaussian_stats, inception_score,
+from ...core.features import (accuracy, am_score, confusion_matrix, fid, frechet_distance, gaussian_stats, inception_score,
                                       kmeans, modified_inception_score, ndb_k, per_class_fid)
 from ...core.features import per_class_fid_defined as _per_class_fid_defined
 
 from .mel import DEFAULT_MEL, MelConfig, mel_filterbank, stft_magnitude
 
 __all__ = ["gaussian_stats", "frechet_distance", "fid", "per_class_fid", "inception_score",
-           "modified_inception_score", "am_score", "kmeans", "ndb_k", "accuracy", "evaluate_samples",
+           "modified_inception_score", "am_score", "kmeans", "ndb_k", "accuracy", "confusion_matrix",
+           "evaluate_samples",
            "spectral_convergence", "log_spectral_distance", "mel_cepstral_distortion"]
 
 _EPS = 1e-12
 
 
 def evaluate_samples(classifier, gen_waves, ref_waves, gen_labels=None, ref_labels=None,
-                     ndb_bins: int = 50, seed: int = 0) -> dict:
+                     ndb_bins: int = 50, seed: int = 0, gen_outputs=None) -> dict:
     """The whole protocol for generated clips against real reference clips, with one classifier:
     fid, is, mis, am, ndb_k (+ accuracy and fid_class when ``gen_labels`` are given; fid_class
-    needs ``ref_labels`` and is left out when a generated class has fewer than 2 clips)."""
-    gf, gl = classifier.features_and_logits(gen_waves)
+    needs ``ref_labels`` and is left out when a generated class has fewer than 2 clips).
+    ``gen_outputs``: the classifier's (features, logits) of ``gen_waves`` when the caller has them."""
+    gf, gl = gen_outputs if gen_outputs is not None else classifier.features_and_logits(gen_waves)
     rf, rl = classifier.features_and_logits(ref_waves)
     out = {"n": int(gf.shape[0]), "fid": fid(gf, rf), "is": inception_score(gl, logits=True),
            "mis": modified_inception_score(gl, logits=True), "am": am_score(gl, rl, logits=True),

@@ -85,6 +85,7 @@ class AudioSample(SampleConfig):
     label: Annotated[Union[int, str], Check(lo=-1)] = -1  # index or name (-1: drawn per seed)
     griffin_lim_iters: Annotated[int, Check(lo=1)] = 32  # Griffin-Lim iterations of the griffin_lim vocoder
     spectrograms: bool = True  # write {seed}.png (the mel beside a real clip) with each WAV
+    grid_picture: bool = True  # write grid.png (spectrograms of the run's first 16 clips) when the run completes
     inpaint: str = ""  # a WAV/FLAC file whose span is regenerated (empty: no inpainting)
     inpaint_span: Annotated[list[float], Check(lo=0)] = field(default_factory=list)  # [start_s, end_s] to regenerate
     inpaint_fade: Annotated[float, Check(lo=0)] = 0.01  # seconds of crossfade at each end of the span

@@ -273,15 +273,15 @@ class ImagesDomain(Domain):
 
     def evaluation_pictures(self, objects: Sequence[Any], metrics: dict, folder: Path, data_config: dict) -> list[Path]:
         """``pixel_values.png`` (samples against the training images) and, for a labelled model,
-        ``class_accuracy.png`` (the evaluation classifier's accuracy per asked label)."""
+        ``per_class_accuracy.png`` (the evaluation classifier's accuracy per asked label)."""
         from ...core.pictures import class_accuracy_picture
-        from .scoring import class_accuracy, intensity_picture
+        from .scoring import class_confusion, intensity_picture
 
         out = [intensity_picture(objects, data_config, folder / "pixel_values.png")]
-        per_class = class_accuracy(objects, data_config) if metrics.get("classifier") else None
+        per_class = class_confusion(objects, data_config) if metrics.get("classifier") else None
         if per_class is not None:
-            out.append(class_accuracy_picture(folder / "class_accuracy.png", *per_class,
-                                              title="evaluation classifier: samples read as their asked label"))
+            out.append(class_accuracy_picture(folder / "per_class_accuracy.png", *per_class, item="image",
+                                              title="the evaluation classifier on the samples"))
         return out
 
     # ------------------------------------------------------------------ shipped model

@@ -178,9 +178,12 @@ def asked_labels(objects: Sequence[dict], names: Sequence[str]) -> torch.Tensor 
     return torch.tensor([list(names).index(g) for g in got])
 
 
-def class_accuracy(objects: Sequence[dict], data_config: dict) -> tuple[list[str], list[int], list[int]] | None:
-    """Per asked class: (names, images read as their class, images), by the evaluation classifier of
-    ``score``; None when the images are unlabelled or the model has no label classifier."""
+def class_confusion(objects: Sequence[dict], data_config: dict) -> tuple[np.ndarray, list[str]] | None:
+    """The confusion matrix (rows: the label asked, columns: the label the evaluation classifier of
+    ``score`` gives) and the label names; None when the images are unlabelled or the model has no
+    label classifier."""
+    from ...core.features import confusion_matrix
+
     ref, labels, table = reference_set(data_config)
     gen = _stack(objects)
     if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(objects) < 2:
@@ -190,9 +193,7 @@ def class_accuracy(objects: Sequence[dict], data_config: dict) -> tuple[list[str
     asked = asked_labels(objects, names)
     if asked is None:
         return None
-    hit = clf.predict(gen) == asked
-    return (names, [int(hit[asked == i].sum()) for i in range(len(names))],
-            [int((asked == i).sum()) for i in range(len(names))])
+    return confusion_matrix(asked.numpy(), clf.predict(gen).numpy(), len(names)), names
 
 
 def intensity_picture(objects: Sequence[dict], data_config: dict, path: Path) -> Path:

@@ -56,13 +56,11 @@ def test_training_pictures_read_the_run_folders_log(tmp_path):
         _picture(p)
 
 
-def test_the_class_accuracy_picture_is_wider_with_more_classes_and_checks_its_input(tmp_path):
-    import pytest
-
+def test_the_class_accuracy_picture_has_bars_and_the_confusion_matrix(tmp_path):
+    from sciffusion.core.features import confusion_matrix
     from sciffusion.core.pictures import class_accuracy_picture
 
-    few = _picture(class_accuracy_picture(tmp_path / "a.png", ["a", "b"], [1, 2], [2, 2]))
-    many = _picture(class_accuracy_picture(tmp_path / "b.png", [str(i) for i in range(20)], [1] * 20, [3] * 20))
-    assert few.shape[1] == 6 * DPI and many.shape[1] == int((0.55 * 20 + 2) * DPI)
-    with pytest.raises(ValueError):
-        class_accuracy_picture(tmp_path / "c.png", ["a"], [1, 2], [2, 2])
+    m = confusion_matrix([0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0], 3)
+    assert m.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]  # rows asked, columns given
+    img = _picture(class_accuracy_picture(tmp_path / "a.png", m, ["a", "b", "c"], item="image"))
+    assert img.shape[:2] == (int(4.8 * DPI), 13 * DPI)
