@@ -141,18 +141,22 @@ def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: s
              skip_bad: bool = False, out: str | Path | None = None, write: bool = True) -> dict[str, Any]:
     """Read every file (or every domain file inside folders) and compute the domain's metrics.
 
-    ``checkpoint`` supplies the training data's facts (data config) where the metrics need them.
+    ``checkpoint`` supplies the training data's facts (data config) where the metrics need them; for
+    one samples folder it defaults to the checkpoint that wrote it (``run.json``), when still here.
     Bad files raise an error naming the file, or are skipped and counted with ``skip_bad``.
     ``write``: keep ``metrics.json`` and the domain's pictures (``core.evaluation``) in ``out``, by
     default ``FOLDER/evaluation`` when ``paths`` is one folder (nothing is kept for loose files
     unless ``out`` is given)."""
+    from .core.evaluation import samples_checkpoint
+
     dom = get_domain(domain) if isinstance(domain, str) else domain
     data_config = {}
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint) if checkpoint is not None else samples_checkpoint(paths)
+    if ckpt is not None:
         if ckpt.domain != dom.name:
             raise InputError(f"{ckpt.path}: checkpoint is for domain '{ckpt.domain}', not '{dom.name}'")
         data_config = ckpt.data_config
+        checkpoint = ckpt.path
     objects, skipped = [], []
     for f in collect_files(paths, dom.file_suffix):
         try:

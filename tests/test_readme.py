@@ -28,3 +28,15 @@ def test_the_core_example_of_the_readme_runs():
     exec(compile(block, str(README), "exec"), env)
     assert torch.isfinite(env["loss"]) and env["out"].network_calls == 20
     assert env["out"].x0["pos"].shape == (9, 3)
+
+
+def test_every_picture_the_readme_shows_is_in_the_repository_and_is_a_picture():
+    from PIL import Image
+
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text())
+    assert len(links) >= 6
+    for link in links:
+        path = README.parent / link
+        assert path.is_file(), link
+        with Image.open(path) as img:
+            assert img.format == "PNG" and min(img.size) >= 200, link

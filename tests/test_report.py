@@ -28,6 +28,7 @@ FACTS = """(() => {
   return {
     tables: document.querySelectorAll('table').length,
     headings: [...document.querySelectorAll('h2, h3')].map(h => h.textContent),
+    sections: [...document.querySelectorAll('section > h2')].map(h => h.textContent.split(':')[0]),
     images: imgs.length, images_drawn: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
     audio: document.querySelectorAll('audio').length,
     canvases: canvases.length, canvases_drawn: canvases.filter(c => Number(c.dataset.drawn) > 0).length,
@@ -149,6 +150,19 @@ def test_a_training_run_folder_shows_its_pictures_events_and_checkpoints(browser
     assert facts["errors"] == []
     assert facts["images"] == facts["images_drawn"] >= 1
     assert any("last logged values" in h for h in facts["headings"])
+    both = report([run, _digits(tmp_path / "few", 4)], tmp_path / "both.html")  # a run and its samples, one page
+    facts = _look(browser, both, tmp_path / "both.png")
+    assert facts["errors"] == [] and facts["images"] == facts["images_drawn"] == len(pictures(run)) + 1 + 4
+    assert facts["sections"] == ["training run", "samples"]
+
+
+def pictures(run: Path) -> list[Path]:
+    return [p for p in (run / "loss.png", run / "sample_metrics.png") if p.is_file()]
+
+
+def _digits(out: Path, n: int) -> Path:
+    sciffusion.sample("images", out, n=n, progress=False)
+    return out
 
 
 def test_bad_folders_are_refused_with_the_file_named(tmp_path):
@@ -160,3 +174,26 @@ def test_bad_folders_are_refused_with_the_file_named(tmp_path):
     res = subprocess.run([str(CLI), "report", str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "no such folder" in res.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_evaluate_from_the_cli_keeps_its_record_beside_the_samples_or_where_told(tmp_path):
+    out = tmp_path / "digits"
+    sciffusion.sample("images", out, n=8, progress=False)
+    res = subprocess.run([str(CLI), "evaluate", "images", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    record = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert record["metrics"] == json.loads(res.stdout) and record["sources"] == [str(out)]
+    assert record["checkpoint"] == str(ROOT / "domains" / "images" / "weights" / "digits")  # from run.json
+    assert sorted(p.name for p in (out / "evaluation").iterdir()) == ["metrics.json", "per_class_accuracy.png",
+                                                                      "pixel_values.png"]
+    again = subprocess.run([str(CLI), "evaluate", "images", str(out), "--json"], capture_output=True, text=True,
+                           timeout=300)
+    assert json.loads(again.stdout)["files"] == 8  # its own pictures are never read as samples
+    elsewhere = tmp_path / "elsewhere"
+    files = sorted(str(p) for p in out.glob("0*.png"))
+    subprocess.run([str(CLI), "evaluate", "images", *files, "--out", str(elsewhere)], check=True, capture_output=True,
+                   timeout=300)
+    assert (elsewhere / "metrics.json").is_file()
+    shutil.rmtree(out / "evaluation")
+    subprocess.run([str(CLI), "evaluate", "images", str(out), "--no-write"], check=True, capture_output=True, timeout=300)
+    assert not (out / "evaluation").exists()
