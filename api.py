@@ -109,12 +109,14 @@ def _domain_files(folder: Path, suffix: str) -> list[Path]:
     """The files of ``folder`` (recursively) a domain's reader should see: those with ``suffix`` in
     any case (``.WAV`` too), never the engine's own (manifest, run record, hidden folders such as
     .parts, temporaries)."""
-    from .core.sample_folder import ENGINE_FILES
+    from .core.sample_folder import ENGINE_FILES, evaluation_files
 
+    kept = set(evaluation_files(folder) or [])  # an evaluation's own record and pictures
     out = []
     for f in (f for f in folder.rglob("*") if f.name.lower().endswith(suffix.lower())):
         rel = f.relative_to(folder).parts
-        if f.is_file() and not any(part.startswith(".") for part in rel) and rel[0] not in ENGINE_FILES:
+        if f.is_file() and not any(part.startswith(".") for part in rel) and not (len(rel) == 1 and f.name in ENGINE_FILES) \
+                and f not in kept:
             out.append(f)
     return sorted(out)
 
@@ -145,13 +147,14 @@ def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: s
     one samples folder it defaults to the checkpoint that wrote it (``run.json``), when still here.
     Bad files raise an error naming the file, or are skipped and counted with ``skip_bad``.
     ``write``: keep ``metrics.json`` and the domain's pictures (``core.evaluation``) in ``out``, by
-    default ``FOLDER/evaluation`` when ``paths`` is one folder (nothing is kept for loose files
-    unless ``out`` is given)."""
+    default ``FOLDER/evaluation`` when ``paths`` is one samples folder of ``sciffusion sample``
+    (nothing is kept for other folders or loose files unless ``out`` is given; a default folder that
+    cannot be written only warns)."""
     from .core.evaluation import samples_checkpoint
 
     dom = get_domain(domain) if isinstance(domain, str) else domain
     data_config = {}
-    ckpt = load_checkpoint(checkpoint) if checkpoint is not None else samples_checkpoint(paths)
+    ckpt = load_checkpoint(checkpoint) if checkpoint is not None else samples_checkpoint(paths, dom.name)
     if ckpt is not None:
         if ckpt.domain != dom.name:
             raise InputError(f"{ckpt.path}: checkpoint is for domain '{ckpt.domain}', not '{dom.name}'")
@@ -175,7 +178,7 @@ def evaluate(domain: str | Domain, paths: Sequence[str | Path], *, checkpoint: s
         from .core.evaluation import write_evaluation
 
         write_evaluation(dom, objects, metrics, folder, data_config, sources=paths,
-                         checkpoint=None if checkpoint is None else str(checkpoint))
+                         checkpoint=None if checkpoint is None else str(checkpoint), must=out is not None)
     return metrics
 
 

@@ -24,11 +24,10 @@ from .io import InputError
 TIMEOUT = datetime.timedelta(hours=6)
 
 # What gloo and NCCL say when the other end of a collective is gone (killed, its node down, the
-# network cut): the transport's own error texts, as torch raises them (a plain RuntimeError from
-# gloo, DistBackendError from NCCL).
+# connection cut): the transports' own error texts, as torch raises them (a plain RuntimeError from
+# gloo's tcp pair, DistBackendError from NCCL).
 _PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "connection refused",
-              "gloo", "nccl communicator was aborted", "ncclremoteerror", "remote process exited",
-              "socket timeout", "timed out", "watchdog caught collective operation timeout")
+              "nccl communicator was aborted", "ncclremoteerror", "remote process exited")
 
 
 class PeerLost(RuntimeError):
@@ -40,10 +39,12 @@ def lost_peer(error: BaseException) -> bool:
     """Whether ``error`` is a collective failing because another rank is gone (or unreachable)."""
     if isinstance(error, PeerLost):
         return True
-    if dist.is_available() and isinstance(error, dist.DistError):
-        return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(m in text for m in _PEER_GONE)
+    if not isinstance(error, RuntimeError) or text.startswith("rank "):  # another rank's own error, relayed
+        return False
+    if dist.is_available() and isinstance(error, (dist.DistNetworkError, dist.DistBackendError)):
+        return True
+    return any(m in text for m in _PEER_GONE)
 
 
 def pick_device(device: str | None, local_rank: int | None = None) -> torch.device:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-__all__ = ["confusion_matrix", "as_float64", "probabilities", "gaussian_stats", "psd_sqrt", "frechet_distance", "fid",
+__all__ = ["asked_labels", "confusion_matrix", "as_float64", "probabilities", "gaussian_stats", "psd_sqrt", "frechet_distance", "fid",
            "per_class_fid", "per_class_fid_defined", "inception_score", "modified_inception_score",
            "am_score", "accuracy", "kmeans", "nearest_centroid", "ndb_k"]
 
@@ -121,6 +121,15 @@ def am_score(probs, ref_probs, logits: bool = False) -> float:
     kl = float((pr * (np.log(pr) - np.log(pg))).sum())
     ent = float(-(p * np.log(p)).sum(axis=1).mean())
     return kl + ent
+
+
+def asked_labels(labels, names) -> torch.Tensor | None:
+    """The class index (int64) each sample was generated for, from its label name in ``labels``;
+    None unless every sample names one of the classifier's ``names``."""
+    names = list(names or [])
+    if not names or not all(lab is not None and lab in names for lab in labels):
+        return None
+    return torch.tensor([names.index(lab) for lab in labels], dtype=torch.long)
 
 
 def confusion_matrix(asked, heard, n_classes: int) -> np.ndarray:

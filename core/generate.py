@@ -203,7 +203,7 @@ def sample_config(model: str | Path, *, batch_size: int | None = None, sampler: 
 
 
 def samples_config_hash(cfg: dict) -> str:
-    """Hash of what determines the samples: the config without sample.batch_size / shard_size."""
+    """Hash of what determines the samples: the config without the sample keys of NOT_HASHED."""
     c = dict(cfg)
     c["sample"] = {k: v for k, v in cfg.get("sample", {}).items() if k not in NOT_HASHED}
     return config_hash(c)

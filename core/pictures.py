@@ -18,6 +18,7 @@ drawn again at any time from a finished or a killed run:
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -29,30 +30,24 @@ SAMPLE_METRICS_PICTURE = "sample_metrics.png"
 DPI = 100
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # headless: no display is ever needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 @contextlib.contextmanager
 def figure(rows: int = 1, cols: int = 1, *, width: float = 8.0, height: float = 3.0, **kw) -> Iterator:
     """A matplotlib Figure of ``rows`` x ``cols`` panels (``height`` inches each row) and its axes
-    array (always 2D), closed when the block ends."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(width, height * rows), squeeze=False, **kw)
-    try:
-        yield fig, axes
-    finally:
-        plt.close(fig)
+    array (always 2D). It is drawn without pyplot (Agg, headless), so it never touches the caller's
+    figures or backend (a notebook's, say)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height * rows))
+    yield fig, fig.subplots(rows, cols, squeeze=False, **kw)
 
 
-def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Write ``fig`` to ``path`` as PNG, atomically (a reader sees the old picture or the new one)."""
+def save_figure(fig, path: "str | Path | io.BytesIO", dpi: int = DPI) -> "Path | io.BytesIO":
+    """Write ``fig`` as PNG to ``path``, atomically (a reader sees the old picture or the new one), or
+    into a ``BytesIO`` (a picture that lives only in a page)."""
     fig.tight_layout()
+    if isinstance(path, io.BytesIO):
+        fig.savefig(path, format="png", dpi=dpi)
+        return path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
@@ -80,7 +75,7 @@ def _positive(values: Sequence[float]) -> bool:
     return bool(values) and min(values) > 0
 
 
-def loss_picture(records: Sequence[Mapping], path: str | Path, title: str = "") -> Path | None:
+def loss_picture(records: Sequence[Mapping], path: "str | Path | io.BytesIO", title: str = ""):
     """``loss.png`` from the log records; None when the log has no loss yet."""
     main = [k for k in ("loss", "val_loss", "val_loss_ema") if series(records, k)[0]]
     fields = [k for k in _keys(records, "val_loss/") if series(records, k)[0]]
@@ -121,7 +116,7 @@ def loss_picture(records: Sequence[Mapping], path: str | Path, title: str = "") 
         return save_figure(fig, path)
 
 
-def sample_metrics_picture(records: Sequence[Mapping], path: str | Path, title: str = "") -> Path | None:
+def sample_metrics_picture(records: Sequence[Mapping], path: "str | Path | io.BytesIO", title: str = ""):
     """``sample_metrics.png``: a panel per "sample/<metric>" over steps; None when there are none."""
     keys = [k for k in _keys(records, "sample/") if k != "sample/network_calls" and series(records, k)[0]]
     if not keys:
@@ -152,6 +147,17 @@ def training_pictures(run: str | Path, title: str = "") -> list[Path]:
     drawn = [loss_picture(records, run / LOSS_PICTURE, title),
              sample_metrics_picture(records, run / SAMPLE_METRICS_PICTURE, title)]
     return [p for p in drawn if p is not None]
+
+
+def training_picture_bytes(records: Sequence[Mapping], title: str = "") -> dict[str, bytes]:
+    """The training pictures of ``records`` as PNG bytes by file name, written nowhere (a report of
+    a run folder leaves the folder as it is)."""
+    out = {}
+    for name, draw in ((LOSS_PICTURE, loss_picture), (SAMPLE_METRICS_PICTURE, sample_metrics_picture)):
+        buf = draw(records, io.BytesIO(), title)
+        if buf is not None:
+            out[name] = buf.getvalue()
+    return out
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -14,8 +14,12 @@ What a section shows
   (``Domain.report_item``: a picture, a player with its picture, or an interactive 3D structure);
   the checkpoint's model card; the resolved config.
 - a training run folder (``sciffusion train``): the training pictures, drawn again from the log
-  (``core.pictures``), the last logged values, the run's events, its checkpoints, its model card
-  when it has one, and its config.
+  (``core.pictures``, into the page only), the last logged values, the run's events, its
+  checkpoints, its model card when it has one, and its config.
+
+The report only reads the folders. A sample the domain cannot show (a missing or damaged file, a
+non-finite coordinate) is a note in its place, not the end of the page; files are only ever read
+from inside the folder that names them.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from .checkpoint import list_checkpoints
 from .config import dump_toml
-from .evaluation import read_evaluation
+from .evaluation import read_evaluation, samples_checkpoint
 from .io import InputError, atomic_write_text
-from .pictures import training_pictures
+from .pictures import training_picture_bytes
 from .registry import get_domain
 from .run_folder import read_log
-from .sample_folder import EVALUATION, REPORT, RUN, read_samples
+from .sample_folder import EVALUATION, REPORT, RUN, inside, read_samples
 from .version import __version__
 
 ITEM_KINDS = ("image", "audio", "molecule")
@@ -112,12 +116,13 @@ class _Page:
 
     def molecule(self, item: Mapping, where: Path) -> str:
         key = f"m{len(self.molecules)}"
-        self.molecules[key] = {"atoms": _atoms(item.get("atoms"), where), "bonds": _bonds(item.get("bonds", []), where)}
+        atoms = _atoms(item.get("atoms"), where)
+        self.molecules[key] = {"atoms": atoms, "bonds": _bonds(item.get("bonds", []), len(atoms), where)}
         return f'<canvas class="molecule-view" width="520" height="440" data-mol="{key}"></canvas>'
 
     def html(self, title: str) -> str:
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        data = json.dumps(self.molecules, separators=(",", ":")).replace("</", "<\\/")
+        data = _script_json(self.molecules)
         script = (f'<script type="application/json" id="molecules">{data}</script>\n'
                   f"<script>{_VIEWER.read_text(encoding='utf-8')}</script>") if self.molecules else ""
         return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -132,6 +137,12 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _script_json(obj: Any) -> str:
+    """JSON that is inert inside <script>: no "<", ">" or "&" that the HTML tokenizer could read."""
+    return (json.dumps(obj, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+
+
 def _data_uri(path: Path, mime: str) -> str:
     try:
         data = path.read_bytes()
@@ -142,6 +153,10 @@ def _data_uri(path: Path, mime: str) -> str:
 
 def _img(path: Path, alt: str) -> str:
     return f'<img src="{_data_uri(path, "image/png")}" alt="{_e(alt)}">'
+
+
+def _img_bytes(data: bytes, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" alt="{_e(alt)}">'
 
 
 def _value(v: Any) -> str:
@@ -211,15 +226,13 @@ def provenance(run: Mapping, rows: Sequence[Mapping]) -> list[tuple[str, Any]]:
 def samples_section(page: _Page, folder: Path, max_items: int) -> None:
     run, rows = read_samples(folder)
     domain = get_domain(str(run.get("domain")))
-    ckpt_dir, data_config = Path(str(run.get("checkpoint"))), {}
-    try:
-        data_config = load_checkpoint(ckpt_dir).data_config
-    except (CheckpointError, InputError, OSError):
-        ckpt_dir = None
+    ckpt = samples_checkpoint([folder], domain.name)
+    data_config = ckpt.data_config if ckpt is not None else {}
     page.add(f"<section class=\"samples\"><h2>samples: {_e(folder)}</h2>", _table(provenance(run, rows)))
-    if ckpt_dir is None:
-        page.add(f"<p class=\"note\">the checkpoint {_e(run.get('checkpoint'))} is not readable here: no model "
-                 "card, and samples are shown without its data facts</p>")
+    if ckpt is None:
+        page.add(f"<p class=\"note\">the checkpoint {_e(run.get('checkpoint'))} is not here as it was (moved or "
+                 "changed): no model card, and samples are shown without its data facts</p>")
+    pictures = [p for p in [inside(folder, run.get("picture"))] if p is not None and p.is_file()]
     evaluation = read_evaluation(folder / EVALUATION)
     if evaluation is None:
         page.add(f"<p class=\"note\">not evaluated yet: <code>sciffusion evaluate {_e(domain.name)} "
@@ -227,26 +240,46 @@ def samples_section(page: _Page, folder: Path, max_items: int) -> None:
     else:
         page.add(f"<h3>metrics ({_e(evaluation.get('written', ''))})</h3>",
                  _table(sorted(evaluation["metrics"].items()), ("metric", "value")))
-    pictures = [folder / run["picture"]] if run.get("picture") and (folder / run["picture"]).is_file() else []
-    pictures += sorted((folder / EVALUATION).glob("*.png"))
+        if evaluation.get("files") is not None and evaluation["files"] != len(rows):
+            page.add(f"<p class=\"note\">these metrics scored {_e(evaluation['files'])} files; the folder now "
+                     f"has {len(rows)} samples: run <code>sciffusion evaluate {_e(domain.name)} {_e(folder)}</code> "
+                     "again</p>")
+        listed = [inside(folder / EVALUATION, name) for name in evaluation.get("pictures") or []]
+        pictures += [p for p in listed if p is not None and p.is_file()]
     if pictures:
         page.add("<h3>pictures</h3>", _pictures(pictures))
+    if run.get("status") != "complete":
+        page.add(f"<p class=\"note\">generation is not complete: {len(rows)} of {_e((run.get('seeds') or {}).get('count'))} "
+                 "samples are written so far</p>")
     shown = rows[:max_items]
     if shown:
         page.add(f"<h3>samples ({len(shown)} of {len(rows)}, in seed order)</h3><div class=\"items\">")
-        page.add(*(sample_item(page, domain, folder / str(r.get("file")), data_config) for r in shown))
+        page.add(*(sample_item(page, domain, folder, r.get("file"), data_config) for r in shown))
         page.add("</div>")
-    page.add(_card(ckpt_dir), _config(run.get("config"), str(folder / RUN)), "</section>")
+    page.add(_card(ckpt.path if ckpt is not None else None), _config(run.get("config"), str(folder / RUN)),
+             "</section>")
 
 
-def sample_item(page: _Page, domain, path: Path, data_config: dict) -> str:
-    """One sample as the domain shows it (``Domain.report_item``), or its name alone."""
-    item = domain.report_item(path, data_config)
+def sample_item(page: _Page, domain, folder: Path, name: Any, data_config: dict) -> str:
+    """One sample as the domain shows it (``Domain.report_item``), its name alone, or a note of why
+    it cannot be shown."""
+    path = inside(folder, name)
+    if path is None:
+        return f'<figure class="item"><figcaption class="note">not shown: the manifest names {_e(name)!s}, ' \
+               'which is not a file inside the folder</figcaption></figure>'
+    try:
+        return _item_html(page, domain, path, domain.report_item(path, data_config))
+    except Exception as e:  # noqa: BLE001 - one sample must not take the page with it
+        return (f'<figure class="item"><figcaption class="note">{_e(path.name)}: not shown ({_e(type(e).__name__)}: '
+                f'{_e(str(e).splitlines()[0] if str(e) else "")})</figcaption></figure>')
+
+
+def _item_html(page: _Page, domain, path: Path, item: Any) -> str:
     if item is None:
         return f'<figure class="item"><figcaption>{_e(path.name)}</figcaption></figure>'
     if not isinstance(item, Mapping) or item.get("kind") not in ITEM_KINDS:
-        raise TypeError(f"domain '{domain.name}': report_item({path.name}) must give a dict whose kind is one of "
-                        f"{ITEM_KINDS}, not {item!r:.120}")
+        raise InputError(f"domain '{domain.name}': report_item must give a dict whose kind is one of {ITEM_KINDS}, "
+                         f"not {item!r:.80}")
     caption = f"<figcaption>{_e(item.get('caption') or path.name)}</figcaption>"
     kind = item["kind"]
     if kind == "image":
@@ -262,17 +295,21 @@ def _atoms(atoms: Any, where: Path) -> list:
     try:
         out = [[str(a[0]), float(a[1]), float(a[2]), float(a[3])] for a in atoms]
     except (TypeError, ValueError, IndexError):
-        raise TypeError(f"{where}: a molecule item's atoms must be [symbol, x, y, z] rows") from None
+        raise InputError(f"{where}: a molecule item's atoms must be [symbol, x, y, z] rows") from None
     if not out or not all(math.isfinite(v) for a in out for v in a[1:]):
         raise InputError(f"{where}: no atoms, or a non-finite coordinate, to show")
     return out
 
 
-def _bonds(bonds: Any, where: Path) -> list:
+def _bonds(bonds: Any, atoms: int, where: Path) -> list:
     try:
-        return [[int(b[0]), int(b[1]), float(b[2])] for b in bonds]
+        out = [[int(b[0]), int(b[1]), float(b[2])] for b in bonds]
     except (TypeError, ValueError, IndexError):
-        raise TypeError(f"{where}: a molecule item's bonds must be [i, j, order] rows") from None
+        raise InputError(f"{where}: a molecule item's bonds must be [i, j, order] rows") from None
+    bad = [b for b in out if not (0 <= b[0] < atoms and 0 <= b[1] < atoms)]
+    if bad:
+        raise InputError(f"{where}: bond {bad[0][:2]} names an atom outside 0..{atoms - 1}")
+    return out
 
 
 # ----------------------------------------------------------------------------- training runs
@@ -299,9 +336,10 @@ def run_section(page: _Page, folder: Path, max_items: int) -> None:
     cfg = _json(folder / "config.json") if (folder / "config.json").is_file() else {}
     records = read_log(folder)
     page.add(f"<section class=\"run\"><h2>training run: {_e(folder)}</h2>")
-    pictures = training_pictures(folder, title=f"{cfg.get('domain', '')}: {folder.name}")
+    pictures = training_picture_bytes(records, title=f"{cfg.get('domain', '')}: {folder.name}")
     if pictures:
-        page.add("<h3>training pictures</h3>", _pictures(pictures))
+        page.add("<h3>training pictures</h3>", *(f'<div class="pictures"><p><b>{_e(name)}</b></p>{_img_bytes(data, name)}'
+                                                 '</div>' for name, data in pictures.items()))
     else:
         page.add("<p class=\"note\">no loss logged yet</p>")
     if records:

@@ -13,6 +13,7 @@ make a rerun resume (or refuse) safely.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,13 +29,15 @@ PARTS = ".parts"
 MANIFEST = "manifest.jsonl"
 RUN = "run.json"
 RUN_PICTURE = "grid.png"  # the domain's picture of the whole run (Domain.run_picture), when it draws one
-EVALUATION = "evaluation"  # what `sciffusion evaluate` wrote of the folder: metrics.json and pictures
+EVALUATION = "evaluation"  # what `sciffusion evaluate` kept of the folder (core.evaluation)
+EVALUATION_RECORD = "metrics.json"  # in EVALUATION: the metrics and the pictures written with them
 REPORT = "report.html"  # what `sciffusion report` wrote of the folder
 # what the engine writes into a samples folder beside the domain's files (never read as samples)
-ENGINE_FILES = (MANIFEST, RUN, RUN_PICTURE, EVALUATION, REPORT)
+ENGINE_FILES = (MANIFEST, RUN, RUN_PICTURE, REPORT)
 _PART = re.compile(r"^shard-(\d+)\.jsonl$")
-# keys of sample.* that never change a sample (left out of the config hash)
-NOT_HASHED = ("batch_size", "shard_size")
+# keys of sample.* that never change a sample (left out of the config hash): how samples are
+# batched and sharded, and whether the run's picture is drawn
+NOT_HASHED = ("batch_size", "shard_size", "grid_picture")
 
 
 def part_name(k: int) -> str:
@@ -108,19 +111,43 @@ def row_intact(out: Path, row: dict) -> bool:
     return True
 
 
+def inside(out: Path, name: Any) -> Path | None:
+    """``out / name`` for a relative file name a record of the folder gives, None for anything that
+    could point outside it (absolute, "..", empty, not a string)."""
+    if isinstance(name, str) and name and not os.path.isabs(name) and ".." not in Path(name).parts:
+        return out / name
+    return None
+
+
 def _listed_files(out: Path) -> Iterator[Path]:
     """Files named by this folder's manifest and parts."""
     sources = [out / MANIFEST] + sorted((out / PARTS).glob("shard-*.jsonl"))
     for src in sources:
         for row in _read_lines(src) or []:
             for f in _row_files(row):
-                if isinstance(f, str) and f and not os.path.isabs(f) and ".." not in Path(f).parts:
-                    yield out / f
+                path = inside(out, f)
+                if path is not None:
+                    yield path
+
+
+def evaluation_files(out: Path) -> list[Path] | None:
+    """The files of the evaluation record in ``out/evaluation`` (``record_files``)."""
+    return record_files(out / EVALUATION)
+
+
+def record_files(folder: Path) -> list[Path] | None:
+    """The files of the evaluation record in ``folder`` (the record and the pictures it lists);
+    None when the folder holds no record of sciffusion's (then its files are the user's)."""
+    record = _read_json(folder / EVALUATION_RECORD)
+    if not (isinstance(record, dict) and isinstance(record.get("metrics"), dict) and "domain" in record):
+        return None
+    pictures = [inside(folder, p) for p in record.get("pictures") or []]
+    return [folder / EVALUATION_RECORD] + [p for p in pictures if p is not None]
 
 
 def _clear(out: Path) -> None:
     """What an earlier run wrote here: the files its manifest and parts list, parts, manifest, run.json,
-    the run picture, and the evaluation and report made of them.
+    the run picture, and the evaluation record made of them (with the pictures it lists).
     Files nobody listed are left alone."""
     dirs = set()
     for f in set(_listed_files(out)):
@@ -130,8 +157,10 @@ def _clear(out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
     (out / RUN).unlink(missing_ok=True)
     (out / RUN_PICTURE).unlink(missing_ok=True)
-    (out / REPORT).unlink(missing_ok=True)
-    shutil.rmtree(out / EVALUATION, ignore_errors=True)
+    for f in evaluation_files(out) or []:
+        f.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (out / EVALUATION).rmdir()  # when nothing else is in it
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # sub-folders a domain made, if now empty
         if d != out:
             try:

@@ -484,6 +484,7 @@ def train(domain: str | Domain, config: Mapping, out: str | Path, *, device: str
         trainer.load_data(ckpt.data_config if ckpt is not None else None)
         trainer.build()
         start = trainer.state.load(ckpt, dev) if ckpt is not None else 0
+        trainer.step = start
         if ckpt is not None:
             trainer.last_ckpt, trainer.last_ckpt_step = ckpt.path, ckpt.step
             trainer.metrics = dict(ckpt.meta.get("metrics", {}))

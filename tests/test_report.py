@@ -145,19 +145,15 @@ def test_a_training_run_folder_shows_its_pictures_events_and_checkpoints(browser
     res = subprocess.run([str(CLI), "report", str(run), "--out", str(tmp_path / "page.html")], capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert (run / "loss.png").is_file()  # drawn from the committed log
+    assert not (run / "loss.png").exists()  # drawn from the committed log into the page only
     facts = _look(browser, tmp_path / "page.html", artifacts / "report-training.png")
     assert facts["errors"] == []
     assert facts["images"] == facts["images_drawn"] >= 1
     assert any("last logged values" in h for h in facts["headings"])
     both = report([run, _digits(tmp_path / "few", 4)], tmp_path / "both.html")  # a run and its samples, one page
     facts = _look(browser, both, tmp_path / "both.png")
-    assert facts["errors"] == [] and facts["images"] == facts["images_drawn"] == len(pictures(run)) + 1 + 4
+    assert facts["errors"] == [] and facts["images"] == facts["images_drawn"] == 1 + 1 + 4  # loss, grid, samples
     assert facts["sections"] == ["training run", "samples"]
-
-
-def pictures(run: Path) -> list[Path]:
-    return [p for p in (run / "loss.png", run / "sample_metrics.png") if p.is_file()]
 
 
 def _digits(out: Path, n: int) -> Path:
@@ -197,3 +193,80 @@ def test_evaluate_from_the_cli_keeps_its_record_beside_the_samples_or_where_told
     shutil.rmtree(out / "evaluation")
     subprocess.run([str(CLI), "evaluate", "images", str(out), "--no-write"], check=True, capture_output=True, timeout=300)
     assert not (out / "evaluation").exists()
+
+
+# ----------------------------------------------------------------------------- without a browser
+
+
+def test_the_page_escapes_what_the_folder_says_and_keeps_script_data_inert(tmp_path):
+    """Captions, config values and file names are text, never markup; the molecules' JSON holds no
+    character that could end its <script> block."""
+    from sciffusion.core.report import _Page, _script_json
+
+    out = _digits(tmp_path / "d", 2)
+    run = json.loads((out / "run.json").read_text())
+    run["config"]["sample"]["note"] = "<script>alert(1)</script>"
+    (out / "run.json").write_text(json.dumps(run))
+    html = report([out]).read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<" not in _script_json({"atoms": [["<!--<script>", 0, 0, 0]]}) and "&" not in _script_json("a&b")
+    page = _Page()
+    with pytest.raises(InputError, match="bond \\[0, 5\\] names an atom outside 0..1"):
+        page.molecule({"atoms": [["C", 0, 0, 0], ["O", 1.2, 0, 0]], "bonds": [[0, 5, 1]]}, tmp_path / "m.sdf")
+
+
+def test_a_sample_that_cannot_be_shown_is_a_note_and_the_folder_is_only_read(tmp_path):
+    out = _digits(tmp_path / "d", 4)
+    (out / "00000001.png").write_bytes(b"not a png")  # damaged
+    (out / "00000002.png").unlink()  # lost
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    rows[3]["file"] = "../../etc/passwd"  # a manifest must not make the page read outside the folder
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = sorted(p.name for p in out.iterdir())
+    html = report([out], tmp_path / "page.html").read_text()
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert html.count('class="note">00000001.png: not shown') == 1 and "00000002.png: not shown" in html
+    assert "which is not a file inside the folder" in html and html.count('<figure class="item image">') == 1
+
+
+def test_a_folder_still_being_generated_and_a_stale_evaluation_are_said_so(tmp_path):
+    out = _digits(tmp_path / "d", 6)
+    sciffusion.evaluate("images", [out])
+    listed = json.loads((out / "evaluation" / "metrics.json").read_text())["pictures"]
+    assert listed == ["pixel_values.png", "per_class_accuracy.png"]
+    run = json.loads((out / "run.json").read_text())
+    run.update(status="running")
+    (out / "run.json").write_text(json.dumps(run))
+    rows = (out / "manifest.jsonl").read_text().splitlines()
+    (out / "manifest.jsonl").write_text("\n".join(rows[:4]) + "\n")
+    html = report([out]).read_text()
+    assert "generation is not complete: 4 of 6 samples are written so far" in html
+    assert "these metrics scored 6 files; the folder now has 4 samples" in html
+
+
+def test_evaluate_keeps_nothing_in_a_folder_that_is_not_a_samples_folder(tmp_path):
+    out = _digits(tmp_path / "d", 4)
+    mine = tmp_path / "mine"
+    shutil.copytree(out, mine, ignore=shutil.ignore_patterns("run.json", "manifest.jsonl", ".parts", "grid.png"))
+    before = sorted(p.name for p in mine.iterdir())
+    assert sciffusion.evaluate("images", [mine])["files"] == 4
+    assert sorted(p.name for p in mine.iterdir()) == before
+    # a user's own evaluation/ folder (no sciffusion record) is scored as samples and never removed
+    (out / "evaluation").mkdir()
+    shutil.copy(out / "00000000.png", out / "evaluation" / "theirs.png")
+    assert sciffusion.evaluate("images", [out], write=False)["files"] == 5
+    sciffusion.sample("images", out, n=4, overwrite=True, progress=False)
+    assert (out / "evaluation" / "theirs.png").is_file()
+
+
+def test_drawing_the_run_picture_or_not_does_not_change_the_samples(tmp_path):
+    """sample.grid_picture is not part of the folder's config hash: a folder made with it resumes and
+    verifies without it, and a rerun that completes the folder draws the picture."""
+    out = _digits(tmp_path / "d", 4)
+    res = subprocess.run([str(CLI), "sample", "images", "-n", "4", "--out", str(out), "--verify",
+                          "sample.grid_picture=false"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (out / "grid.png").unlink()
+    (out / "00000003.png").unlink()
+    sciffusion.sample("images", out, n=4, progress=False)
+    assert (out / "grid.png").is_file()

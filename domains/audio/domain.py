@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ...core.domain import Batch, Domain
+from ...core.features import asked_labels
 from ...core.io import InputError, cache_dir
 from ...core.seeds import labels_for_seeds
 from ...core.state import State
@@ -377,14 +378,6 @@ class AudioDomain(Domain):
         mel_cfg = self._evaluation_mel(data_config)
         return self.classifier(mel_cfg, int(data_config.get("samples", mel_cfg.sample_rate)))
 
-    @staticmethod
-    def _asked(objects: Sequence[dict], names: Sequence[str]) -> torch.Tensor | None:
-        """The label index asked for each clip, or None unless every clip has one of ``names``."""
-        labs = [o.get("label_name") for o in objects]
-        if not all(lab is not None and lab in names for lab in labs):
-            return None
-        return torch.tensor([list(names).index(lab) for lab in labs], dtype=torch.long)
-
     def _heard(self, clf, waves: Sequence[torch.Tensor], logits: torch.Tensor | None = None) -> torch.Tensor:
         """The label index the classifier hears in each clip: the arg-max of ``logits`` when the caller
         ran it (remembered), else what it heard in the same clips last time (``metrics``), else run now."""
@@ -433,7 +426,8 @@ class AudioDomain(Domain):
         ref = load_fsdd("train", length=clf.clip_samples)
         gen = clf.features_and_logits(waves)
         self._heard(clf, waves, gen[1])
-        res = evaluate_samples(clf, waves, ref, gen_labels=self._asked(objects, clf.label_names),
+        asked = asked_labels([o.get("label_name") for o in objects], clf.label_names)
+        res = evaluate_samples(clf, waves, ref, gen_labels=asked,
                                ref_labels=ref.labels, gen_outputs=gen)
         out.update({k: float(v) for k, v in res.items() if k != "n"})
         out["classifier"] = 1.0
@@ -451,7 +445,7 @@ class AudioDomain(Domain):
         if not objects or metrics.get("classifier") == 0.0:
             return []
         clf = self.evaluation_classifier(data_config)
-        asked = None if clf is None else self._asked(objects, clf.label_names)
+        asked = None if clf is None else asked_labels([o.get("label_name") for o in objects], clf.label_names)
         if asked is None:
             return []
         heard = self._heard(clf, self._at_rate(objects, clf.mel_config.sample_rate))

@@ -240,10 +240,10 @@ class ImagesDomain(Domain):
         return grid_png(path, images, captions)
 
     def report_item(self, path: Path, data_config: dict) -> dict | None:
-        """The sample PNG itself, captioned "seed: label"."""
-        meta = _png_metadata(path) if path.suffix.lower() == ".png" else {}
-        label = meta.get("label")
-        return {"kind": "image", "path": path, "caption": f"{meta.get('seed', path.stem)}"
+        """The sample PNG itself (read first: a damaged file is an InputError), captioned "seed: label"."""
+        obj = self.read(path)
+        label, seed = obj.get("label_name"), obj.get("seed")
+        return {"kind": "image", "path": path, "caption": f"{path.stem if seed is None else seed}"
                 + (f": {label}" if label is not None else "")}
 
     # ------------------------------------------------------------------ evaluation

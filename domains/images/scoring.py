@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ...core.features import asked_labels
 from ...core.io import InputError, cache_dir
 
 __all__ = ["score", "reference_set", "evaluation_classifier", "super_resolution_scores", "CLASSIFIER_STEPS"]
@@ -162,20 +163,12 @@ def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | 
         return out
     clf = evaluation_classifier(ref, labels, table)
     names = list(clf.label_names or []) if clf.kind == "labels" else []
-    gen_labels = asked_labels(objects, names)
+    gen_labels = asked_labels([o.get("label_name") for o in objects], names)
     ref_labels = torch.tensor([names.index(lab) for lab in labels]) if names else None
     res = evaluate_images(clf, gen, ref, gen_labels=gen_labels, ref_labels=ref_labels)
     out.update({k: float(v) for k, v in res.items() if k != "n"})
     out["classifier"] = 1.0
     return out
-
-
-def asked_labels(objects: Sequence[dict], names: Sequence[str]) -> torch.Tensor | None:
-    """The class index each image was generated for, when every image names one of ``names``."""
-    got = [o.get("label_name") for o in objects]
-    if not names or not all(g is not None and g in names for g in got):
-        return None
-    return torch.tensor([list(names).index(g) for g in got])
 
 
 def class_confusion(objects: Sequence[dict], data_config: dict) -> tuple[np.ndarray, list[str]] | None:
@@ -190,7 +183,7 @@ def class_confusion(objects: Sequence[dict], data_config: dict) -> tuple[np.ndar
         return None
     clf = evaluation_classifier(ref, labels, table)
     names = list(clf.label_names or []) if clf.kind == "labels" else []
-    asked = asked_labels(objects, names)
+    asked = asked_labels([o.get("label_name") for o in objects], names)
     if asked is None:
         return None
     return confusion_matrix(asked.numpy(), clf.predict(gen).numpy(), len(names)), names

@@ -81,3 +81,11 @@ def test_accuracy_and_per_class_fid():
     lab = np.repeat([0, 1], 200)
     assert Fe.per_class_fid_defined(lab, lab) and not Fe.per_class_fid_defined([0, 1], lab)
     assert Fe.per_class_fid(x, lab, x, lab) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_asked_labels_index_the_classifiers_names_or_give_none():
+    from sciffusion.core.features import asked_labels
+
+    assert asked_labels(["7", "3", "7"], [str(i) for i in range(10)]).tolist() == [7, 3, 7]
+    assert asked_labels(["7", None], ["7"]) is None and asked_labels(["x"], ["7"]) is None
+    assert asked_labels(["7"], []) is None

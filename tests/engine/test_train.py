@@ -704,3 +704,22 @@ def test_the_training_pictures_are_drawn_at_every_checkpoint_from_the_log(points
         assert after != before, name
         img = Image.open(run / name)
         assert img.size[0] >= 640 and len(np.unique(np.asarray(img.convert("L")))) > 10, name
+
+
+def test_only_a_gone_peer_counts_as_a_lost_node():
+    """lost_peer: the transport's own texts for a closed connection (as gloo raised them in the
+    killed-node test above) and torch's network/backend errors; not another rank's relayed error,
+    nor an unrelated gloo or timeout error, nor a user's bad input."""
+    import torch.distributed as dist
+
+    from sciffusion.core.distributed import lost_peer
+
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+            "[127.0.0.1]:53923: Connection reset by peer. This is typically caused by a remote worker hanging")
+    assert lost_peer(RuntimeError(gloo))
+    assert lost_peer(dist.DistBackendError("NCCL error: remote process exited or there was a network error"))
+    assert not lost_peer(RuntimeError("ProcessGroupGloo::allreduce: invalid tensor type"))
+    assert not lost_peer(RuntimeError("rank 0 failed: URLError: <urlopen error timed out>"))
+    assert not lost_peer(RuntimeError("rank 1 failed: RuntimeError: Connection reset by peer"))
+    assert not lost_peer(InputError("data.csv: Connection reset by peer"))
+    assert not lost_peer(ValueError("connection reset by peer"))
