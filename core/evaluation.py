@@ -21,16 +21,17 @@ from .domain import Domain
 from .io import InputError, atomic_write_json
 from .sample_folder import EVALUATION, EVALUATION_RECORD, RUN, record_files
 
-METRICS = EVALUATION_RECORD
+def samples_folder(paths: Sequence[str | Path]) -> Path | None:
+    """``paths`` as one samples folder of ``sciffusion sample`` (it holds a run record), else None."""
+    return Path(paths[0]) if len(paths) == 1 and (Path(paths[0]) / RUN).is_file() else None
 
 
 def default_folder(paths: Sequence[str | Path]) -> Path | None:
     """Where an evaluation of ``paths`` is kept unless told: beside the samples when ``paths`` is one
-    samples folder of ``sciffusion sample`` (``FOLDER/evaluation``); None otherwise (a user's own
-    folder, loose files, several folders)."""
-    if len(paths) == 1 and (Path(paths[0]) / RUN).is_file():
-        return Path(paths[0]) / EVALUATION
-    return None
+    samples folder (``FOLDER/evaluation``); None otherwise (a user's own folder, loose files,
+    several folders)."""
+    folder = samples_folder(paths)
+    return None if folder is None else folder / EVALUATION
 
 
 def samples_checkpoint(paths: Sequence[str | Path], domain: str):
@@ -40,15 +41,16 @@ def samples_checkpoint(paths: Sequence[str | Path], domain: str):
     from .checkpoint import CheckpointError, load_checkpoint
     from .sample_folder import read_samples
 
-    if len(paths) != 1 or not (Path(paths[0]) / RUN).is_file():
+    folder = samples_folder(paths)
+    if folder is None:
         return None
     try:
-        run, _ = read_samples(Path(paths[0]))
+        run, _ = read_samples(folder)
         ckpt = load_checkpoint(run["checkpoint"])
     except (InputError, CheckpointError, KeyError, OSError, TypeError):
         ckpt = None
     if ckpt is None or ckpt.hash != run.get("checkpoint_hash") or ckpt.domain != domain:
-        warnings.warn(f"{paths[0]}: the '{domain}' checkpoint that wrote these samples is not here as it was; the "
+        warnings.warn(f"{folder}: the '{domain}' checkpoint that wrote these samples is not here as it was; the "
                       f"metrics that need its training-data facts are left out (give --checkpoint)")
         return None
     return ckpt
@@ -78,13 +80,13 @@ def write_evaluation(domain: Domain, objects: Sequence[Any], metrics: Mapping[st
               "checkpoint": checkpoint, "files": int(metrics.get("files", len(objects))),
               "pictures": [p.name for p in pictures if p.parent == folder],
               "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(folder / METRICS, record)
-    return [folder / METRICS] + pictures
+    atomic_write_json(folder / EVALUATION_RECORD, record)
+    return [folder / EVALUATION_RECORD] + pictures
 
 
 def read_evaluation(folder: str | Path) -> dict | None:
     """The record ``write_evaluation`` left in ``folder``, or None when there is none."""
-    path = Path(folder) / METRICS
+    path = Path(folder) / EVALUATION_RECORD
     if not path.is_file():
         return None
     try:

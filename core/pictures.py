@@ -1,6 +1,6 @@
 """Pictures the engine draws (matplotlib, headless), and the one way every picture is saved.
 
-    with figure(2, 1, width=8) as (fig, axes):   # a Figure and its axes, closed afterwards
+    with figure(2, 1, width=8) as (fig, axes):   # a Figure and its axes (2D), drawn without pyplot
         ...
         save_figure(fig, "run/loss.png")          # atomically, PNG
 
@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from .io import atomic_path
+from .io import atomic_path, atomic_write_bytes
 
 LOSS_PICTURE = "loss.png"
 SAMPLE_METRICS_PICTURE = "sample_metrics.png"
@@ -39,6 +39,12 @@ def figure(rows: int = 1, cols: int = 1, *, width: float = 8.0, height: float = 
 
     fig = Figure(figsize=(width, height * rows))
     yield fig, fig.subplots(rows, cols, squeeze=False, **kw)
+
+
+def grid_shape(n: int, columns: int) -> tuple[int, int]:
+    """(rows, columns) of a row-major grid of ``n`` panels, at most ``columns`` wide."""
+    cols = max(1, min(columns, n))
+    return math.ceil(n / cols), cols
 
 
 def save_figure(fig, path: "str | Path | io.BytesIO", dpi: int = DPI) -> "Path | io.BytesIO":
@@ -75,6 +81,20 @@ def _positive(values: Sequence[float]) -> bool:
     return bool(values) and min(values) > 0
 
 
+def _plot_series(ax, records: Sequence[Mapping], keys: Sequence[str], label, ylabel: str, title: str) -> None:
+    """One panel: the series of ``keys`` over steps (dots while there are few points), named by
+    ``label(key)``, on a log scale when every value is positive."""
+    for k in keys:
+        s, v = series(records, k)
+        ax.plot(s, v, marker="." if len(s) < 30 else None, label=label(k))
+    if all(_positive(series(records, k)[1]) for k in keys):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def loss_picture(records: Sequence[Mapping], path: "str | Path | io.BytesIO", title: str = ""):
     """``loss.png`` from the log records; None when the log has no loss yet."""
     main = [k for k in ("loss", "val_loss", "val_loss_ema") if series(records, k)[0]]
@@ -84,15 +104,7 @@ def loss_picture(records: Sequence[Mapping], path: "str | Path | io.BytesIO", ti
     rows = 2 if len(fields) > 1 else 1
     with figure(rows, 1, width=8, height=3.2) as (fig, axes):
         ax = axes[0][0]
-        for k in main:
-            s, v = series(records, k)
-            ax.plot(s, v, marker="." if len(s) < 30 else None, label=k.replace("_", " "))
-        if all(_positive(series(records, k)[1]) for k in main):
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title(title or "training loss")
-        ax.grid(alpha=0.3)
+        _plot_series(ax, records, main, lambda k: k.replace("_", " "), "loss", title or "training loss")
         lr_steps, lr = series(records, "lr")
         handles, labels = ax.get_legend_handles_labels()
         if lr_steps:
@@ -103,15 +115,7 @@ def loss_picture(records: Sequence[Mapping], path: "str | Path | io.BytesIO", ti
         ax.legend(handles, labels, loc="upper right", fontsize=8)
         if rows == 2:
             ax = axes[1][0]
-            for k in fields:
-                s, v = series(records, k)
-                ax.plot(s, v, marker="." if len(s) < 30 else None, label=k.split("/", 1)[1])
-            if all(_positive(series(records, k)[1]) for k in fields):
-                ax.set_yscale("log")
-            ax.set_xlabel("step")
-            ax.set_ylabel("validation loss")
-            ax.set_title("validation loss per field")
-            ax.grid(alpha=0.3)
+            _plot_series(ax, records, fields, lambda k: k.split("/", 1)[1], "validation loss", "validation loss per field")
             ax.legend(loc="upper right", fontsize=8)
         return save_figure(fig, path)
 
@@ -121,8 +125,7 @@ def sample_metrics_picture(records: Sequence[Mapping], path: "str | Path | io.By
     keys = [k for k in _keys(records, "sample/") if k != "sample/network_calls" and series(records, k)[0]]
     if not keys:
         return None
-    cols = min(3, len(keys))
-    rows = math.ceil(len(keys) / cols)
+    rows, cols = grid_shape(len(keys), 3)
     with figure(rows, cols, width=4.0 * cols, height=2.8) as (fig, axes):
         for i, ax in enumerate(axes.flat):
             if i >= len(keys):
@@ -139,14 +142,16 @@ def sample_metrics_picture(records: Sequence[Mapping], path: "str | Path | io.By
 
 
 def training_pictures(run: str | Path, title: str = "") -> list[Path]:
-    """Draw ``loss.png`` and ``sample_metrics.png`` of a run folder from its log; the paths drawn."""
+    """Draw ``loss.png`` and ``sample_metrics.png`` of a run folder from its log (atomically); the
+    paths drawn."""
     from .run_folder import read_log
 
     run = Path(run)
-    records = read_log(run)
-    drawn = [loss_picture(records, run / LOSS_PICTURE, title),
-             sample_metrics_picture(records, run / SAMPLE_METRICS_PICTURE, title)]
-    return [p for p in drawn if p is not None]
+    drawn = []
+    for name, data in training_picture_bytes(read_log(run), title).items():
+        atomic_write_bytes(run / name, data)
+        drawn.append(run / name)
+    return drawn
 
 
 def training_picture_bytes(records: Sequence[Mapping], title: str = "") -> dict[str, bytes]:

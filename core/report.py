@@ -30,7 +30,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .checkpoint import list_checkpoints
 from .config import dump_toml
@@ -143,20 +143,19 @@ def _script_json(obj: Any) -> str:
             .replace("&", "\\u0026"))
 
 
-def _data_uri(path: Path, mime: str) -> str:
+def _read(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read it for the report ({e.strerror or e})") from None
+
+
+def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _img(path: Path, alt: str) -> str:
-    return f'<img src="{_data_uri(path, "image/png")}" alt="{_e(alt)}">'
-
-
-def _img_bytes(data: bytes, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" alt="{_e(alt)}">'
+def _img(data: bytes, alt: str) -> str:
+    return f'<img src="{_data_uri(data, "image/png")}" alt="{_e(alt)}">'
 
 
 def _value(v: Any) -> str:
@@ -174,8 +173,9 @@ def _table(rows: Sequence[tuple[str, Any]], head: tuple[str, str] | None = None)
     return f"<table>{top}{body}</table>"
 
 
-def _pictures(paths: Sequence[Path]) -> str:
-    return "".join(f'<div class="pictures"><p><b>{_e(p.name)}</b></p>{_img(p, p.name)}</div>' for p in paths)
+def _pictures(named: Iterable[tuple[str, bytes]]) -> str:
+    """PNG pictures, each under its name."""
+    return "".join(f'<div class="pictures"><p><b>{_e(name)}</b></p>{_img(data, name)}</div>' for name, data in named)
 
 
 def _markdown(text: str) -> str:
@@ -247,7 +247,7 @@ def samples_section(page: _Page, folder: Path, max_items: int) -> None:
         listed = [inside(folder / EVALUATION, name) for name in evaluation.get("pictures") or []]
         pictures += [p for p in listed if p is not None and p.is_file()]
     if pictures:
-        page.add("<h3>pictures</h3>", _pictures(pictures))
+        page.add("<h3>pictures</h3>", _pictures((p.name, _read(p)) for p in pictures))
     if run.get("status") != "complete":
         page.add(f"<p class=\"note\">generation is not complete: {len(rows)} of {_e((run.get('seeds') or {}).get('count'))} "
                  "samples are written so far</p>")
@@ -283,10 +283,10 @@ def _item_html(page: _Page, domain, path: Path, item: Any) -> str:
     caption = f"<figcaption>{_e(item.get('caption') or path.name)}</figcaption>"
     kind = item["kind"]
     if kind == "image":
-        return f'<figure class="item image">{_img(Path(item["path"]), path.name)}{caption}</figure>'
+        return f'<figure class="item image">{_img(_read(Path(item["path"])), path.name)}{caption}</figure>'
     if kind == "audio":
-        picture = _img(Path(item["picture"]), path.name) if item.get("picture") else ""
-        player = f'<audio controls preload="metadata" src="{_data_uri(Path(item["path"]), "audio/wav")}"></audio>'
+        picture = _img(_read(Path(item["picture"])), path.name) if item.get("picture") else ""
+        player = f'<audio controls preload="metadata" src="{_data_uri(_read(Path(item["path"])), "audio/wav")}"></audio>'
         return f'<figure class="item audio">{picture}{player}{caption}</figure>'
     return f'<figure class="item molecule">{page.molecule(item, path)}{caption}</figure>'
 
@@ -338,8 +338,7 @@ def run_section(page: _Page, folder: Path, max_items: int) -> None:
     page.add(f"<section class=\"run\"><h2>training run: {_e(folder)}</h2>")
     pictures = training_picture_bytes(records, title=f"{cfg.get('domain', '')}: {folder.name}")
     if pictures:
-        page.add("<h3>training pictures</h3>", *(f'<div class="pictures"><p><b>{_e(name)}</b></p>{_img_bytes(data, name)}'
-                                                 '</div>' for name, data in pictures.items()))
+        page.add("<h3>training pictures</h3>", _pictures(pictures.items()))
     else:
         page.add("<p class=\"note\">no loss logged yet</p>")
     if records:

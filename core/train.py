@@ -329,12 +329,13 @@ class Trainer:
         """The error every surviving rank stops with when another rank is gone (logged by rank 0)."""
         last = latest_checkpoint(self.out)
         resume = (f"the last complete checkpoint is {last}" if last is not None else "no checkpoint is complete yet")
+        said = str(error).splitlines()[0] if str(error) else ""
         self.log({"step": self.step, "event": "peer_lost", "rank": self.ctx.rank,
-                  "error": str(error).splitlines()[0][:300] if str(error) else type(error).__name__})
+                  "error": said[:300] or type(error).__name__})
         return PeerLost(f"{self.out}: rank {self.ctx.rank} of {self.ctx.world} lost contact with the other ranks "
                         f"after step {self.step} (a process or node died, or the network failed); {resume}: run "
                         f"the same command on every node again to resume from it ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0][:200] if str(error) else ''})")
+                        f"{said[:200]})")
 
     def diverged(self, step: int, why: str) -> TrainingDiverged:
         if self.last_ckpt is not None:
@@ -503,7 +504,7 @@ def train(domain: str | Domain, config: Mapping, out: str | Path, *, device: str
         ctx.barrier()
         return TrainResult(trainer.last_ckpt, trainer.last_ckpt_step, dict(trainer.metrics), out)
     except Exception as e:
-        if ctx.active and trainer is not None and not isinstance(e, (InputError, PeerLost)) and lost_peer(e):
+        if ctx.active and trainer is not None and not isinstance(e, PeerLost) and lost_peer(e):
             raise trainer.peer_lost(e) from e
         raise
     finally:

@@ -168,14 +168,14 @@ def validation_losses(domain: Domain, objective, state: TrainState, examples: Se
                 seed_everything(mix_seed(seed, VAL, a))
                 batch = domain.collate([examples[i] for i in range(a, b)], data_config).to(device)
                 eps = domain.align_noise(batch.x0, example_noise(batch.x0, range(a, b), mix_seed(seed, VAL)), cfg)
-                parts: dict = {}
+                parts: dict | None = {} if name == "val_loss" else None  # the shares of the model's loss
                 with autocast():
                     per = objective.per_example(den, batch.x0, t_all[a:b].to(device), eps, batch.cond, parts=parts)
                 total += float(per.to(torch.float64).sum())
-                for k, v in parts.items():
+                for k, v in (parts or {}).items():
                     fields[k] = fields.get(k, 0.0) + float(v.sum())
             out[name] = total / n
-            if name == "val_loss" and len(fields) > 1:
+            if len(fields) > 1:
                 out.update({f"val_loss/{k}": v / n for k, v in fields.items()})
     finally:
         state.den.train()

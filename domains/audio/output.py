@@ -14,18 +14,16 @@ a missing mel is computed from the waveform).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ...core.io import atomic_path
-from ...core.pictures import figure, save_figure
+from ...core.pictures import figure, grid_shape, save_figure
 from .mel import DEFAULT_MEL, MelConfig, frame_times, mel_db, mel_frequencies
 
-__all__ = ["spectrogram_png", "save_spectrograms", "write_wav", "frequency_ticks", "hz_label",
-           "grid_shape"]
+__all__ = ["spectrogram_png", "save_spectrograms", "write_wav", "frequency_ticks", "hz_label"]
 
 #: candidate frequency ticks (Hz); those between the lowest and highest band centre are drawn
 TICK_HZ = (100, 250, 500, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 24000)
@@ -65,12 +63,6 @@ def frequency_ticks(cfg: MelConfig = DEFAULT_MEL) -> tuple[np.ndarray, list[str]
         positions.append(pos)
         labels.append(hz_label(hz))
     return np.array(positions), labels
-
-
-def grid_shape(n: int, columns: int) -> tuple[int, int]:
-    """(rows, columns) of a row-major grid of ``n`` panels, at most ``columns`` wide."""
-    cols = max(1, min(columns, n))
-    return math.ceil(n / cols), cols
 
 
 def spectrogram_png(path: str | Path, mels: Sequence[np.ndarray], titles: Sequence[str] | None = None,

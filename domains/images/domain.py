@@ -232,19 +232,12 @@ class ImagesDomain(Domain):
 
         if not cfg["sample"].get("grid_picture", True):
             return None
-        images, captions = [], []
-        for f in files:
-            obj = self.read(f)
-            images.append(obj["image"])
-            captions.append(f"{obj.get('seed', Path(f).stem)}" + (f": {obj['label_name']}" if obj.get("label_name") else ""))
-        return grid_png(path, images, captions)
+        objs = [self.read(f) for f in files]
+        return grid_png(path, [o["image"] for o in objs], [_caption(o, Path(f)) for o, f in zip(objs, files)])
 
     def report_item(self, path: Path, data_config: dict) -> dict | None:
         """The sample PNG itself (read first: a damaged file is an InputError), captioned "seed: label"."""
-        obj = self.read(path)
-        label, seed = obj.get("label_name"), obj.get("seed")
-        return {"kind": "image", "path": path, "caption": f"{path.stem if seed is None else seed}"
-                + (f": {label}" if label is not None else "")}
+        return {"kind": "image", "path": path, "caption": _caption(self.read(path), path)}
 
     # ------------------------------------------------------------------ evaluation
     def read(self, path: Path) -> dict:
@@ -275,10 +268,14 @@ class ImagesDomain(Domain):
         """``pixel_values.png`` (samples against the training images) and, for a labelled model,
         ``per_class_accuracy.png`` (the evaluation classifier's accuracy per asked label)."""
         from ...core.pictures import class_accuracy_picture
-        from .scoring import class_confusion, intensity_picture
+        from .scoring import class_confusion, intensity_picture, reference_set
 
-        out = [intensity_picture(objects, data_config, folder / "pixel_values.png")]
-        per_class = class_confusion(objects, data_config) if metrics.get("classifier") else None
+        try:
+            reference = reference_set(data_config)  # read once for both pictures
+        except (InputError, KeyError, OSError):
+            reference = None
+        out = [intensity_picture(objects, None if reference is None else reference[0], folder / "pixel_values.png")]
+        per_class = class_confusion(objects, reference) if metrics.get("classifier") and reference else None
         if per_class is not None:
             out.append(class_accuracy_picture(folder / "per_class_accuracy.png", *per_class, item="image",
                                               title="the evaluation classifier on the samples"))
@@ -289,6 +286,12 @@ class ImagesDomain(Domain):
         """The digits model shipped in the package (see weights/digits/MODEL_CARD.md)."""
         path = WEIGHTS_DIR / "digits"
         return path if (path / "checkpoint.json").is_file() else None
+
+
+def _caption(obj: dict, path: Path) -> str:
+    """"seed: label" of a sample image (the file's stem for a file without sciffusion's seed)."""
+    seed, label = obj.get("seed"), obj.get("label_name")
+    return f"{path.stem if seed is None else seed}" + (f": {label}" if label else "")
 
 
 def _require_lowres(sample: dict, data_config: dict) -> None:

@@ -159,10 +159,10 @@ def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | 
         table = {"reference": hashlib.sha256(ref.numpy().tobytes()).hexdigest(), "labels": labels}
     else:
         ref, labels, table = reference_set(data_config)
-    if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(objects) < 2:
+    judge = _judge(gen, ref, labels, table)
+    if judge is None:
         return out
-    clf = evaluation_classifier(ref, labels, table)
-    names = list(clf.label_names or []) if clf.kind == "labels" else []
+    clf, names = judge
     gen_labels = asked_labels([o.get("label_name") for o in objects], names)
     ref_labels = torch.tensor([names.index(lab) for lab in labels]) if names else None
     res = evaluate_images(clf, gen, ref, gen_labels=gen_labels, ref_labels=ref_labels)
@@ -171,34 +171,37 @@ def score(objects: Sequence[Any], data_config: dict, reference: Sequence[Any] | 
     return out
 
 
-def class_confusion(objects: Sequence[dict], data_config: dict) -> tuple[np.ndarray, list[str]] | None:
-    """The confusion matrix (rows: the label asked, columns: the label the evaluation classifier of
-    ``score`` gives) and the label names; None when the images are unlabelled or the model has no
-    label classifier."""
-    from ...core.features import confusion_matrix
-
-    ref, labels, table = reference_set(data_config)
-    gen = _stack(objects)
-    if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(objects) < 2:
+def _judge(gen: torch.Tensor, ref: torch.Tensor, labels: Sequence[str | None], table: dict):
+    """The evaluation classifier of the reference images and its label names ([] for the rotation
+    task); None when the images cannot be judged against them (another shape, or fewer than two)."""
+    if tuple(ref.shape[1:]) != tuple(gen.shape[1:]) or len(gen) < 2:
         return None
     clf = evaluation_classifier(ref, labels, table)
-    names = list(clf.label_names or []) if clf.kind == "labels" else []
-    asked = asked_labels([o.get("label_name") for o in objects], names)
+    return clf, (list(clf.label_names or []) if clf.kind == "labels" else [])
+
+
+def class_confusion(objects: Sequence[dict], reference: tuple) -> tuple[np.ndarray, list[str]] | None:
+    """The confusion matrix (rows: the label asked, columns: the label the evaluation classifier of
+    ``score`` gives) and the label names, against ``reference`` (what ``reference_set`` gives); None
+    when the images are unlabelled or the model has no label classifier."""
+    from ...core.features import confusion_matrix
+
+    gen = _stack(objects)
+    judge = _judge(gen, *reference)
+    asked = None if judge is None else asked_labels([o.get("label_name") for o in objects], judge[1])
     if asked is None:
         return None
+    clf, names = judge
     return confusion_matrix(asked.numpy(), clf.predict(gen).numpy(), len(names)), names
 
 
-def intensity_picture(objects: Sequence[dict], data_config: dict, path: Path) -> Path:
-    """Histograms of pixel values (0..1) of the samples and of the training images, per channel."""
+def intensity_picture(objects: Sequence[dict], reference: torch.Tensor | None, path: Path) -> Path:
+    """Histograms of pixel values (0..1) of the samples and of the training images ``reference``
+    (None: not found), per channel."""
     from ...core.pictures import figure, save_figure
 
     gen = (_stack(objects) + 1) / 2
-    ref = None
-    try:
-        ref = (reference_set(data_config)[0] + 1) / 2
-    except (InputError, KeyError, OSError):
-        pass
+    ref = None if reference is None else (reference + 1) / 2
     channels = int(gen.shape[1])
     with figure(1, channels, width=4.0 * channels, height=3.0) as (fig, axes):
         for c, ax in enumerate(axes[0]):
