@@ -13,6 +13,7 @@ import torch
 
 from sciffusion.api import evaluate
 from sciffusion.core.registry import get_domain
+from sciffusion.core.run_folder import read_log
 from sciffusion.core.spaces import ZeroMean
 from sciffusion.domains.molecules.chem import bond_matrix, stable_atoms
 from sciffusion.domains.molecules.data import load_sdf, load_xyz
@@ -146,7 +147,15 @@ def test_train_sample_evaluate_on_a_users_sdf_file(tmp_path):
         return p.stdout
 
     cli("train", "molecules", f"data.path={sdf}", "model.hidden=16", "model.layers=2", "train.steps=30",
-        "train.batch_size=16", "train.ckpt_every=15", "train.log_every=10", "--out", run, "--no-progress")
+        "train.batch_size=16", "train.ckpt_every=15", "train.log_every=10", "train.val_every=15", "--out", run,
+        "--no-progress")
+    # the validation loss with each field's share (positions, atom types...), summing to it, and its picture
+    val = [r for r in read_log(run) if "val_loss" in r][-1]
+    shares = {k: v for k, v in val.items() if k.startswith("val_loss/")}
+    assert len(shares) > 1 and sum(shares.values()) == pytest.approx(val["val_loss"], rel=1e-9)
+    from PIL import Image
+
+    assert Image.open(run / "loss.png").size == (800, 640)  # a second panel: the loss per field
     info = json.loads(cli("info", run, "--json"))
     assert info["step"] == 30 and info["data_config"]["elements"] == ["H", "C", "N", "O", "F"]
     cli("sample", run, "-n", "12", "--steps", "10", "--batch-size", "6", "--out", out, "--no-progress")
