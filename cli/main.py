@@ -205,7 +205,7 @@ def evaluate(
     _emit(metrics, as_json, lambda m: _table([(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in m.items()],
                                              title=f"{domain} evaluation"))
     folder = api.evaluation_folder(paths, out) if write else None
-    if folder is not None and not as_json:
+    if folder is not None and not as_json and (folder / "metrics.json").is_file():  # not when it could not be kept
         typer.echo(f"kept the record and pictures in {folder}", err=True)
 
 
